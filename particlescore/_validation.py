@@ -1,0 +1,77 @@
+"""Input checks shared by every public entry point (units and validation at the edges).
+
+Inside the library everything is a plain ``torch.Tensor`` of shape ``(n, d)``; this module
+turns user input (numpy or torch) into that form, rejects what cannot be right with a
+``ValueError`` that names the problem and the offending shape or index, and hands back a
+function that converts results to the caller's array type and dtype.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+__all__ = ["as_particles", "as_queries", "check_min_particles"]
+
+
+def _first_bad_index(x: torch.Tensor) -> tuple[int, ...]:
+    bad = (~torch.isfinite(x)).nonzero()[0]
+    return tuple(int(i) for i in bad)
+
+
+def as_particles(values, name: str = "context") -> tuple[torch.Tensor, Callable]:
+    """Validate an ``(n, d)`` particle array; return it as a tensor and a converter back.
+
+    numpy in -> numpy out, torch in -> torch out; floating dtypes are kept, integer input
+    becomes float64. The tensor shares memory with a torch input (no copy).
+    """
+    if isinstance(values, torch.Tensor):
+        x = values
+        if not x.is_floating_point():
+            x = x.to(torch.float64)
+
+        def to_user(t: torch.Tensor) -> torch.Tensor:
+            return t
+    elif isinstance(values, np.ndarray) or isinstance(values, (list, tuple)):
+        arr = np.asarray(values)
+        if arr.dtype.kind not in "fiub":
+            raise ValueError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+        if arr.dtype not in (np.float32, np.float64):
+            arr = arr.astype(np.float64)
+        x = torch.from_numpy(np.ascontiguousarray(arr))
+
+        def to_user(t: torch.Tensor) -> np.ndarray:
+            return t.detach().cpu().numpy()
+    else:
+        raise ValueError(f"{name} must be a numpy array or torch tensor of shape (n, d), got {type(values).__name__}")
+    if x.ndim != 2:
+        raise ValueError(
+            f"{name} must have shape (n, d) (one row per particle), got shape {tuple(x.shape)}"
+            + ("; for 1-d data pass x[:, None]" if x.ndim == 1 else "")
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
+    if x.shape[1] == 0:
+        raise ValueError(f"{name} has zero dimensions: shape {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        idx = _first_bad_index(x)
+        raise ValueError(f"{name} contains NaN or inf, first at index {idx} (shape {tuple(x.shape)})")
+    return x, to_user
+
+
+def as_queries(values, context: torch.Tensor) -> torch.Tensor:
+    """Validate query points against the context: same dimension, same dtype/device as context."""
+    y, _ = as_particles(values, "queries")
+    if y.shape[1] != context.shape[1]:
+        raise ValueError(
+            f"queries have dimension {y.shape[1]} but the context has dimension {context.shape[1]} "
+            f"(queries shape {tuple(y.shape)}, context shape {tuple(context.shape)})"
+        )
+    return y.to(dtype=context.dtype, device=context.device)
+
+
+def check_min_particles(x: torch.Tensor, minimum: int, why: str) -> None:
+    """Raise if fewer than ``minimum`` particles are given (e.g. to estimate a covariance)."""
+    if x.shape[0] < minimum:
+        raise ValueError(f"need at least {minimum} particles {why}, got {x.shape[0]} (context shape {tuple(x.shape)})")

@@ -1,0 +1,242 @@
+"""DiScoFormer as a score estimator: shipped weights, test-time adaptation, warm starts.
+
+Weights are safetensors files (tensors only, no code is ever unpickled) whose metadata holds
+the network's config as JSON. ``DiScoFormer.pretrained(dim=d)`` loads the file shipped inside
+the package for dimension ``d``.
+
+Test-time adaptation (DiScoFormer, arXiv 2511.05924, §TTA): with the context fixed and the
+queries set to the context points, take ``adapt_steps`` Adam steps on the label-free
+consistency loss ``mean_i ‖S(y_i) − ∇_y T(y_i)‖²`` between the score head ``S`` and the
+gradient of the log-density head ``T``. Only the output layer norm and head adapt (the part
+that mixes the kernel candidates); the context encoder stays as trained. Drift over hundreds
+of warm-started calls is bounded by a proximal term ``(λ/2)‖θ − θ₀‖²`` in the loss and by
+projecting ``θ`` back into the ball ``‖θ − θ₀‖ ≤ ρ·‖θ₀‖`` after every step.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from ._validation import as_particles, check_min_particles
+from .estimators import ScoreEstimator
+from .model import DiScoFormerConfig, DiScoFormerNet
+
+__all__ = ["DiScoFormer", "save_weights", "load_weights", "WEIGHTS_DIR", "available_dims"]
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHTS_FORMAT = "particlescore-discoformer-1"
+
+
+def weights_path(dim: int) -> Path:
+    return WEIGHTS_DIR / f"discoformer_d{dim}.safetensors"
+
+
+def available_dims() -> tuple[int, ...]:
+    """Dimensions with weights shipped inside the package."""
+    dims = []
+    for path in WEIGHTS_DIR.glob("discoformer_d*.safetensors"):
+        try:
+            dims.append(int(path.stem.split("_d")[-1]))
+        except ValueError:
+            continue
+    return tuple(sorted(dims))
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_weights(net: DiScoFormerNet, path: str | Path, extra: dict | None = None) -> str:
+    """Write ``net`` to a safetensors file with its config (and ``extra``) as metadata; return sha256."""
+    from safetensors.torch import save_file
+
+    metadata = {"format": WEIGHTS_FORMAT, "config": json.dumps(net.config.to_dict())}
+    for key, value in (extra or {}).items():
+        metadata[key] = value if isinstance(value, str) else json.dumps(value)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    save_file(tensors, str(path), metadata=metadata)
+    return file_sha256(path)
+
+
+def load_weights(path: str | Path) -> tuple[DiScoFormerNet, dict]:
+    """Read a weights file written by :func:`save_weights`; ValueError if corrupt or mismatched."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as err:  # safetensors raises its own error types for corrupt headers/data
+        raise ValueError(f"corrupt DiScoFormer weights file {path}: {err}") from err
+    if metadata.get("format") != WEIGHTS_FORMAT:
+        raise ValueError(f"{path} is not a DiScoFormer weights file (format {metadata.get('format')!r}, "
+                         f"expected {WEIGHTS_FORMAT!r})")
+    try:
+        config = DiScoFormerConfig.from_dict(json.loads(metadata["config"]))
+    except (KeyError, ValueError, TypeError) as err:
+        raise ValueError(f"weights file {path} has a broken config: {err}") from err
+    net = DiScoFormerNet(config)
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
+    if missing or unexpected or wrong:
+        raise ValueError(f"weights file {path} does not match its config: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}")
+    net.load_state_dict(tensors)
+    for key, tensor in tensors.items():
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"weights file {path} holds non-finite values in {key}")
+    net.eval()
+    return net, metadata
+
+
+class DiScoFormer(ScoreEstimator):
+    """Pretrained transformer score estimator (see module docstring).
+
+    ``adapt_steps`` Adam steps of test-time adaptation (learning rate ``adapt_lr``) on each call;
+    ``warm_start=True`` keeps the adapted head for the next call (the solver's mode);
+    :meth:`reset` returns to the pretrained weights. ``adapt_points`` caps how many context
+    points serve as adaptation queries (a seeded subsample when the context is larger).
+    """
+
+    def __init__(self, net: DiScoFormerNet, *, adapt_steps: int = 0, adapt_lr: float = 1e-3,
+                 warm_start: bool = False, proximal: float = 1e-2, max_drift: float = 0.5,
+                 adapt_points: int = 1024, source: str = "<in memory>", sha256: str | None = None):
+        if not isinstance(adapt_steps, int) or isinstance(adapt_steps, bool) or adapt_steps < 0:
+            raise ValueError(f"adapt_steps must be a non-negative int, got {adapt_steps!r}")
+        if not adapt_lr > 0:
+            raise ValueError(f"adapt_lr must be positive, got {adapt_lr!r}")
+        self.net = net.eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.dim = net.config.dim
+        self.adapt_steps, self.adapt_lr, self.warm_start = adapt_steps, float(adapt_lr), bool(warm_start)
+        self.proximal, self.max_drift, self.adapt_points = float(proximal), float(max_drift), int(adapt_points)
+        self.source, self.sha256 = source, sha256
+        self._pretrained = [p.detach().clone() for p in net.adaptable_parameters()]
+        self._last_consistency: float | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def pretrained(cls, dim: int, *, adapt_steps: int = 0, adapt_lr: float = 1e-3,
+                   warm_start: bool = False) -> "DiScoFormer":
+        """The weights shipped for dimension ``dim`` (ValueError listing the shipped dims)."""
+        path = weights_path(dim)
+        if not path.is_file():
+            raise ValueError(f"no pretrained DiScoFormer weights for dim={dim}; available dims: "
+                             f"{list(available_dims())} (train with `python -m training --dim {dim}`)")
+        return cls.from_file(path, adapt_steps=adapt_steps, adapt_lr=adapt_lr, warm_start=warm_start)
+
+    @classmethod
+    def from_file(cls, path, *, adapt_steps: int = 0, adapt_lr: float = 1e-3,
+                  warm_start: bool = False) -> "DiScoFormer":
+        net, _ = load_weights(path)
+        return cls(net, adapt_steps=adapt_steps, adapt_lr=adapt_lr, warm_start=warm_start,
+                   source=Path(path).name, sha256=file_sha256(path))
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        """Return the adapted parameters to the pretrained values."""
+        with torch.no_grad():
+            for p, p0 in zip(self.net.adaptable_parameters(), self._pretrained):
+                p.copy_(p0)
+        self._last_consistency = None
+
+    def diagnostics(self) -> dict[str, float]:
+        return {} if self._last_consistency is None else {"consistency_loss": self._last_consistency}
+
+    def describe(self) -> dict:
+        return {"estimator": "DiScoFormer", "dim": self.dim, "adapt_steps": self.adapt_steps,
+                "adapt_lr": self.adapt_lr, "warm_start": self.warm_start, "weights": self.source,
+                "weights_sha256": self.sha256 or ""}
+
+    # ------------------------------------------------------------------ evaluation
+    def _model_dtype(self) -> torch.dtype:
+        return next(self.net.parameters()).dtype
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.shape[1] != self.dim:
+            raise ValueError(f"this DiScoFormer was trained for dim={self.dim}, got context of shape {tuple(x.shape)}; "
+                             f"available pretrained dims: {list(available_dims())}")
+        check_min_particles(x, self.dim + 1, f"to whiten {self.dim}-dimensional data")
+
+    def _consistency(self, ctx: torch.Tensor, ctx_layers, qry_w: torch.Tensor, create_graph: bool) -> torch.Tensor:
+        """``mean_i ‖S_i − ∇_y T_i‖²`` in whitened coordinates at ``qry_w`` (1, m, d)."""
+        qry_w = qry_w.detach().requires_grad_(True)
+        log_w, score_w = self.net.decode_queries(ctx, ctx_layers, qry_w)     # (1, m), (1, m, d)
+        grad_log, = torch.autograd.grad(log_w.sum(), qry_w, create_graph=create_graph)  # (1, m, d)
+        return ((score_w - grad_log) ** 2).sum(-1).mean()
+
+    def _prepare(self, x: torch.Tensor):
+        from .model import to_whitened, whiten
+
+        ctx = x.to(self._model_dtype())[None]                                 # (1, n, d)
+        mean, chol, log_det = whiten(ctx, self.net.config.whiten_ridge)
+        ctx_w = to_whitened(ctx, mean, chol)                                 # (1, n, d)
+        with torch.no_grad():
+            ctx_layers = self.net.encode_context(ctx_w)
+        return ctx_w, ctx_layers
+
+    def _adaptation_queries(self, ctx_w: torch.Tensor) -> torch.Tensor:
+        n = ctx_w.shape[1]
+        if n <= self.adapt_points:
+            return ctx_w
+        g = torch.Generator().manual_seed(n)  # fixed, seeded subsample: calls are reproducible
+        idx = torch.randperm(n, generator=g)[: self.adapt_points]
+        return ctx_w[:, idx]
+
+    def _adapt(self, ctx_w, ctx_layers) -> None:
+        params = self.net.adaptable_parameters()
+        qry_w = self._adaptation_queries(ctx_w)
+        for p in params:
+            p.requires_grad_(True)
+        optimizer = torch.optim.Adam(params, lr=self.adapt_lr)
+        try:
+            for _ in range(self.adapt_steps):
+                optimizer.zero_grad()
+                loss = self._consistency(ctx_w, ctx_layers, qry_w, create_graph=True)
+                loss = loss + 0.5 * self.proximal * sum(((p - p0) ** 2).sum() for p, p0 in zip(params, self._pretrained))
+                loss.backward()
+                optimizer.step()
+                with torch.no_grad():  # project back into the trust ball around the pretrained values
+                    drift = torch.sqrt(sum(((p - p0) ** 2).sum() for p, p0 in zip(params, self._pretrained)))
+                    radius = self.max_drift * torch.sqrt(sum((p0 ** 2).sum() for p0 in self._pretrained))
+                    if drift > radius:
+                        for p, p0 in zip(params, self._pretrained):
+                            p.copy_(p0 + (p - p0) * (radius / drift))
+        finally:
+            for p in params:
+                p.requires_grad_(False)
+
+    def consistency_loss(self, context) -> float:
+        """Label-free consistency ``mean_i ‖S_i − ∇_y T_i‖²`` at the context points (whitened
+        coordinates; on a seeded subsample of ``adapt_points`` points for larger contexts)."""
+        x, _ = as_particles(context, "context")
+        self._check(x)
+        ctx_w, ctx_layers = self._prepare(x)
+        return float(self._consistency(ctx_w, ctx_layers, self._adaptation_queries(ctx_w), create_graph=False))
+
+    def _evaluate(self, context, queries):
+        self._check(context)
+        dtype = self._model_dtype()
+        if self.adapt_steps > 0:
+            if not self.warm_start:
+                self.reset()
+            ctx_w, ctx_layers = self._prepare(context)
+            self._adapt(ctx_w, ctx_layers)
+            self._last_consistency = float(self._consistency(ctx_w, ctx_layers, self._adaptation_queries(ctx_w),
+                                                             create_graph=False))
+        with torch.no_grad():
+            log_f, score = self.net(context.to(dtype)[None], queries.to(dtype)[None])  # (1, m), (1, m, d)
+        return log_f[0].to(context.dtype), score[0].to(context.dtype)

@@ -1,0 +1,263 @@
+"""DiScoFormer network: a set of samples -> log-density and score at any query points.
+
+Design (DiScoFormer, arXiv 2511.05924, with one addition measured in the model cards):
+
+1. Affine wrapper. Centre by the context mean ``μ`` and whiten with the Cholesky factor ``L``
+   of the regularised context covariance ``Σ + ε·diag(Σ)``: ``w = L⁻¹(x − μ)``. The core works
+   on ``w``; results map back with ``log f = log f_w − log det L`` and ``s = L⁻ᵀ s_w``.
+   ``L(DΣD) = D·L(Σ)`` for a positive diagonal ``D``, so permutation, translation and
+   anisotropic axis scaling are exact symmetries; rotations are learned (approximate).
+2. Kernel bank (the "squared-norm lift"). For bandwidths ``h_b = c_b·n^{-1/(d+4)}`` the
+   attention logits ``q·k_j`` with ``q = [y, 1]/h²`` and ``k_j = [x_j, −½‖x_j‖²]`` give the
+   Gaussian-kernel weights ``w_j(y) = softmax_j(−‖y − x_j‖²/2h²)`` (DESIGN §2). From them, per
+   bandwidth: the KDE log-density and score, and the *local Gaussian* (local likelihood,
+   Hjort & Jones 1996) estimate: with the kernel-weighted mean ``m`` and covariance ``C``,
+   ``s_L = C⁻¹(m − y)`` and ``log f_L = log f_KDE + ½(d log h² − log det C) − ½ (m−y)ᵀC⁻¹(m−y)``,
+   exact for any Gaussian population at any ``h`` (the kernel's bias cancels).
+3. Transformer. Pre-norm blocks without positional encodings: context tokens ``[w, ‖w‖²]``
+   attend to each other; query tokens (their coordinates, lift and bank descriptors) attend to
+   the context by cross-attention only, so queries never influence each other.
+4. Heads. The query stream gives per-query softmax gates over the bank's candidate scores and
+   log-densities plus a learned residual for each: the network learns which kernel estimate to
+   trust where, and how to correct it.
+
+Inference is O(n + m) in memory: queries are processed in chunks (``query_chunk``) and
+attention uses ``scaled_dot_product_attention``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["DiScoFormerConfig", "DiScoFormerNet", "whiten", "kernel_bank", "N_DESCRIPTORS"]
+
+
+@dataclass
+class DiScoFormerConfig:
+    dim: int                                   # d, dimension of the samples
+    width: int = 64                            # token width
+    n_heads: int = 4
+    n_layers: int = 2                          # context self-attention blocks (= query cross blocks)
+    mlp_ratio: int = 2
+    kde_bandwidths: tuple = (0.5, 0.71, 1.0, 1.41, 2.0)      # c_b, times the Scott factor n^{-1/(d+4)}
+    local_bandwidths: tuple = (1.41, 2.0, 2.83, 4.0, 5.66)   # local Gaussian fits need wider windows
+    whiten_ridge: float = 1e-4                 # ε in Σ + ε·diag(Σ)
+    local_ridge: float = 1e-3                  # C + ridge·h²·I in the local Gaussian fit
+    query_chunk: int = 2048                    # queries per forward chunk at inference
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DiScoFormerConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown DiScoFormer config keys {sorted(unknown)}; known: {sorted(known)}")
+        values = dict(values)
+        for key in ("kde_bandwidths", "local_bandwidths"):
+            if key in values:
+                values[key] = tuple(float(c) for c in values[key])
+        return cls(**values)
+
+
+N_DESCRIPTORS = 3   # per bandwidth: log N_eff, log det C / d − log h², ‖m − y‖/h
+
+
+# --------------------------------------------------------------------------- affine wrapper
+def whiten(context: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean ``μ`` (B,1,d), Cholesky factor ``L`` (B,d,d) of ``Σ + ε diag(Σ)``, and ``log det L`` (B,)."""
+    n = context.shape[-2]
+    mean = context.mean(-2, keepdim=True)                                    # (B, 1, d)
+    centred = context - mean                                                 # (B, n, d)
+    cov = centred.transpose(-1, -2) @ centred / (n - 1)                      # (B, d, d)
+    cov = cov + ridge * torch.diag_embed(cov.diagonal(dim1=-2, dim2=-1))     # (B, d, d)
+    chol = torch.linalg.cholesky(cov)                                        # (B, d, d)
+    log_det = torch.log(chol.diagonal(dim1=-2, dim2=-1)).sum(-1)             # (B,)
+    return mean, chol, log_det
+
+
+def to_whitened(points: torch.Tensor, mean: torch.Tensor, chol: torch.Tensor) -> torch.Tensor:
+    """``w = L⁻¹(x − μ)`` for row vectors: (B,m,d) -> (B,m,d)."""
+    return torch.linalg.solve_triangular(chol, (points - mean).transpose(-1, -2), upper=False).transpose(-1, -2)
+
+
+# --------------------------------------------------------------------------- kernel bank
+def kernel_bank(ctx: torch.Tensor, qry: torch.Tensor, kde_h: list[float], local_h: list[float],
+                local_ridge: float):
+    """KDE and local-Gaussian estimates at several bandwidths, in whitened coordinates.
+
+    ctx (B,n,d), qry (B,m,d); ``kde_h`` and ``local_h`` absolute bandwidths (K = their total).
+    Returns candidate scores (B,m,K,d), candidate log-densities (B,m,K) and descriptors
+    (B,m,K·N_DESCRIPTORS). The local fit's covariance is shrunk towards ``h²I`` (the flat-density
+    limit, where it equals KDE) with weight ``d/(N_eff + d)``.
+    """
+    B, n, d = ctx.shape
+    m = qry.shape[1]
+    eye = torch.eye(d, dtype=ctx.dtype, device=ctx.device)
+    keys = torch.cat([ctx, -0.5 * (ctx * ctx).sum(-1, keepdim=True)], -1)    # (B, n, d+1) lifted keys
+    queries = torch.cat([qry, torch.ones_like(qry[..., :1])], -1)           # (B, m, d+1)
+    ctx_outer = (ctx[..., :, None] * ctx[..., None, :]).reshape(B, n, d * d)  # (B, n, d²)
+    values = torch.cat([ctx, ctx_outer], -1)                                 # (B, n, d + d²)
+    dot = queries @ keys.transpose(-1, -2)                                   # (B, m, n) = y·x − ½‖x‖²
+    half_sq_q = 0.5 * (qry * qry).sum(-1)                                    # (B, m)
+    scores, logdens, descs = [], [], []
+    for h, local in [(h, False) for h in kde_h] + [(h, True) for h in local_h]:
+        inv_h2 = 1.0 / (h * h)
+        logits = dot * inv_h2                                                # (B, m, n)
+        lse = torch.logsumexp(logits, -1)                                    # (B, m)
+        weights = torch.exp(logits - lse[..., None])                         # (B, m, n)
+        n_eff = 1.0 / (weights * weights).sum(-1)                            # (B, m)
+        kde_log = lse - inv_h2 * half_sq_q - math.log(n) - 0.5 * d * math.log(2 * math.pi * h * h)  # (B, m)
+        if not local:
+            local_mean = weights @ ctx                                       # (B, m, d)
+            shift = local_mean - qry                                         # (B, m, d)
+            scores.append(shift * inv_h2)                                    # (B, m, d) KDE score
+            logdens.append(kde_log)
+            descs += [torch.log(n_eff), shift.norm(dim=-1) / h, torch.zeros_like(n_eff)]
+            continue
+        moments = weights @ values                                           # (B, m, d + d²)
+        local_mean = moments[..., :d]                                        # (B, m, d)
+        second = moments[..., d:].reshape(B, m, d, d)                        # (B, m, d, d)
+        cov = second - local_mean[..., :, None] * local_mean[..., None, :]   # (B, m, d, d)
+        shrink = (d / (n_eff + d))[..., None, None]                          # (B, m, 1, 1)
+        cov = (1 - shrink) * cov + (shrink + local_ridge) * (h * h) * eye    # (B, m, d, d)
+        chol, _ = torch.linalg.cholesky_ex(cov)                              # (B, m, d, d)
+        shift = local_mean - qry                                             # (B, m, d)
+        local_score = torch.cholesky_solve(shift[..., None], chol)[..., 0]   # (B, m, d) = C⁻¹(m − y)
+        log_det_cov = 2 * torch.log(chol.diagonal(dim1=-2, dim2=-1)).sum(-1)  # (B, m)
+        local_log = kde_log + 0.5 * (d * math.log(h * h) - log_det_cov) - 0.5 * (shift * local_score).sum(-1)
+        scores.append(local_score)
+        logdens.append(local_log)
+        descs += [torch.log(n_eff), shift.norm(dim=-1) / h, log_det_cov / d - math.log(h * h)]
+    return torch.stack(scores, -2), torch.stack(logdens, -1), torch.stack(descs, -1)
+
+
+# --------------------------------------------------------------------------- transformer
+class MLP(nn.Module):
+    def __init__(self, width: int, ratio: int):
+        super().__init__()
+        self.fc = nn.Linear(width, ratio * width)
+        self.proj = nn.Linear(ratio * width, width)
+
+    def forward(self, x):
+        return self.proj(F.gelu(self.fc(x)))
+
+
+class Attention(nn.Module):
+    """Multi-head attention of ``x`` (B,m,W) over ``source`` (B,n,W) (self-attention if same)."""
+
+    def __init__(self, width: int, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(width, 2 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x, source):
+        B, m, W = x.shape
+        n, H = source.shape[1], self.n_heads
+        q = self.q(x).view(B, m, H, W // H).transpose(1, 2)                  # (B, H, m, W/H)
+        k, v = self.kv(source).view(B, n, 2, H, W // H).permute(2, 0, 3, 1, 4)  # 2 × (B, H, n, W/H)
+        out = F.scaled_dot_product_attention(q, k, v)                        # (B, H, m, W/H)
+        return self.proj(out.transpose(1, 2).reshape(B, m, W))               # (B, m, W)
+
+
+class Block(nn.Module):
+    """Pre-norm block: ``x + Attn(LN x, LN source)``, then ``x + MLP(LN x)``."""
+
+    def __init__(self, width: int, n_heads: int, mlp_ratio: int):
+        super().__init__()
+        self.ln_x = nn.LayerNorm(width)
+        self.ln_src = nn.LayerNorm(width)
+        self.attn = Attention(width, n_heads)
+        self.ln_mlp = nn.LayerNorm(width)
+        self.mlp = MLP(width, mlp_ratio)
+
+    def forward(self, x, source=None):
+        x_n = self.ln_x(x)
+        src = x_n if source is None else self.ln_src(source)
+        x = x + self.attn(x_n, src)
+        return x + self.mlp(self.ln_mlp(x))
+
+
+class DiScoFormerNet(nn.Module):
+    """The network; ``forward(context, queries)`` works on batches (B,n,d), (B,m,d)."""
+
+    def __init__(self, config: DiScoFormerConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        K = len(c.kde_bandwidths) + len(c.local_bandwidths)
+        self.embed_ctx = nn.Linear(c.dim + 1, c.width)
+        self.embed_qry = nn.Linear(c.dim + 2 + K * N_DESCRIPTORS, c.width)
+        self.ctx_blocks = nn.ModuleList([Block(c.width, c.n_heads, c.mlp_ratio) for _ in range(c.n_layers)])
+        self.qry_blocks = nn.ModuleList([Block(c.width, c.n_heads, c.mlp_ratio) for _ in range(c.n_layers)])
+        self.ln_out = nn.LayerNorm(c.width)
+        self.head = nn.Linear(c.width, 2 * K + c.dim + 1)   # score gates (K), log-density gates (K), residuals
+        nn.init.zeros_(self.head.weight)
+        with torch.no_grad():  # start from the local Gaussian fit at c ≈ 2, the best single
+            self.head.bias.zero_()  # candidate on random mixtures before training (model card)
+            best = len(c.kde_bandwidths) + min(range(len(c.local_bandwidths)),
+                                               key=lambda i: abs(c.local_bandwidths[i] - 2.0))
+            self.head.bias[best] = 8.0
+            self.head.bias[K + best] = 8.0
+
+    @property
+    def n_candidates(self) -> int:
+        return len(self.config.kde_bandwidths) + len(self.config.local_bandwidths)
+
+    def adaptable_parameters(self) -> list[nn.Parameter]:
+        """Parameters tuned by test-time adaptation: the output norm and head."""
+        return [*self.ln_out.parameters(), *self.head.parameters()]
+
+    def encode_context(self, ctx_w: torch.Tensor) -> list[torch.Tensor]:
+        """Context tokens after each self-attention block: list of (B,n,W)."""
+        tokens = self.embed_ctx(torch.cat([ctx_w, (ctx_w * ctx_w).sum(-1, keepdim=True) / self.config.dim], -1))  # (B,n,W)
+        layers = []
+        for block in self.ctx_blocks:
+            tokens = block(tokens)                                           # (B, n, W)
+            layers.append(tokens)
+        return layers
+
+    def decode_queries(self, ctx_w, ctx_layers, qry_w):
+        """Whitened log-density (B,m) and score (B,m,d) at whitened queries."""
+        B, n, d = ctx_w.shape
+        K = self.n_candidates
+        scott = n ** (-1.0 / (d + 4))
+        cand_s, cand_l, desc = kernel_bank(ctx_w, qry_w, [c * scott for c in self.config.kde_bandwidths],
+                                           [c * scott for c in self.config.local_bandwidths], self.config.local_ridge)
+        log_n = torch.full_like(qry_w[..., :1], math.log(n) / 10)            # (B, m, 1)
+        feats = torch.cat([qry_w, (qry_w * qry_w).sum(-1, keepdim=True) / d, log_n, desc], -1)
+        tokens = self.embed_qry(feats)                                       # (B, m, W)
+        for block, source in zip(self.qry_blocks, ctx_layers):
+            tokens = block(tokens, source)                                   # (B, m, W)
+        out = self.head(self.ln_out(tokens))                                 # (B, m, 2K + d + 1)
+        gate_s = torch.softmax(out[..., :K], -1)                             # (B, m, K)
+        gate_l = torch.softmax(out[..., K:2 * K], -1)                        # (B, m, K)
+        score = (gate_s[..., None] * cand_s).sum(-2) + out[..., 2 * K:2 * K + d]   # (B, m, d)
+        log_density = (gate_l * cand_l).sum(-1) + out[..., -1]               # (B, m)
+        return log_density, score
+
+    def forward(self, context: torch.Tensor, queries: torch.Tensor, chunk: int | None = None):
+        """Log-density (B,m) and score (B,m,d) of the distribution behind ``context`` at ``queries``."""
+        mean, chol, log_det = whiten(context, self.config.whiten_ridge)
+        ctx_w = to_whitened(context, mean, chol)                             # (B, n, d)
+        qry_w = to_whitened(queries, mean, chol)                             # (B, m, d)
+        ctx_layers = self.encode_context(ctx_w)
+        B, n = context.shape[:2]
+        m = queries.shape[1]
+        if chunk is None:  # bound the (B, chunk, n) kernel blocks of the bank
+            chunk = max(16, min(self.config.query_chunk, 2 ** 23 // (B * n * self.n_candidates) + 1))
+        logs, scores = [], []
+        for start in range(0, m, chunk):
+            log_w, score_w = self.decode_queries(ctx_w, ctx_layers, qry_w[:, start:start + chunk])
+            logs.append(log_w - log_det[:, None])                            # (B, c)
+            # s = L⁻ᵀ s_w for column vectors; row form: s_w L⁻¹
+            scores.append(torch.linalg.solve_triangular(chol.transpose(-1, -2), score_w.transpose(-1, -2),
+                                                        upper=True).transpose(-1, -2))  # (B, c, d)
+        return torch.cat(logs, 1), torch.cat(scores, 1)

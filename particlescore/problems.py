@@ -1,0 +1,357 @@
+"""Test problems with known answers (DESIGN §5).
+
+A :class:`Problem` bundles the physics (right-hand side), the initial particle sampler, the
+start time ``t0`` and whatever exact answers are known over time (density and score, mean,
+covariance). ``problem.config()`` is plain data and ``problem_from_config(config)`` rebuilds
+the problem from it (trajectory files record it so that a run can be resumed or reproduced).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import distributions
+from .distributions import BKW, Gaussian, GaussianMixture, isotropic_gaussian
+from .physics import FokkerPlanck, Landau
+
+__all__ = [
+    "Problem", "BKWProblem", "AnisotropicMaxwell", "CoulombRelaxation",
+    "OrnsteinUhlenbeck", "PureDiffusion", "MovingTrap", "problem_from_config",
+]
+
+_F64 = torch.float64
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_positive(name: str, value, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} finite float, got {value!r}")
+    return float(value)
+
+
+class Problem:
+    """Base class. Subclasses set ``name``, ``dim``, ``state_name``, ``physics``, ``t0``."""
+
+    #: short identifier recorded in files
+    name: str = "problem"
+    #: "velocity" (Landau) or "position" (Fokker–Planck): the state variable's name in files
+    state_name: str = "position"
+    dim: int
+    t0: float = 0.0
+    physics: object
+
+    def initial_distribution(self) -> distributions.Distribution:
+        """The law of the initial particles at ``t0``."""
+        raise NotImplementedError
+
+    def initial_state(self, n: int, *, generator: torch.Generator) -> torch.Tensor:
+        """``n`` i.i.d. initial particles, torch float64 (n, d), drawn from ``generator``."""
+        _check_int("n", n, 1)
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        return self.initial_distribution().sample(n, generator=generator).to(_F64)
+
+    def exact_distribution(self, t: float) -> distributions.Distribution | None:
+        """The exact solution at time ``t`` (log_prob, score, sample), or None when unknown."""
+        return None
+
+    def exact_mean(self, t: float) -> torch.Tensor | None:
+        """Exact ensemble mean (d,) at ``t``, or None."""
+        dist = self.exact_distribution(t)
+        return None if dist is None else dist.mean.to(_F64)
+
+    def exact_covariance(self, t: float) -> torch.Tensor | None:
+        """Exact covariance (d, d) at ``t``, or None."""
+        dist = self.exact_distribution(t)
+        return None if dist is None else dist.covariance.to(_F64)
+
+    def config(self) -> dict:
+        """Plain data that rebuilds this problem with :func:`problem_from_config`."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "problem")
+        return f"{type(self).__name__}({args})"
+
+
+# --------------------------------------------------------------------------- Landau problems
+class BKWProblem(Problem):
+    """BKW exact solution of the Maxwell-molecule Landau equation (γ = 0), dimension ``d ≥ 2``.
+
+    Starts at ``t0 = log((d+2)/2)/(2B(d−1))`` from exact samples of ``f(t0)``; exact density
+    and score at every time (:class:`particlescore.distributions.BKW`); mean 0, covariance I.
+    """
+
+    name = "bkw"
+    state_name = "velocity"
+
+    def __init__(self, dim: int, B: float = 1.0 / 24.0):
+        self.dim = _check_int("dim", dim, 2)
+        self.B = _check_positive("B", B)
+        self.t0 = BKW.start_time(dim, self.B)
+        self.physics = Landau(gamma=0.0, B=self.B)
+
+    def initial_distribution(self):
+        return BKW(self.dim, self.t0, B=self.B)
+
+    def exact_distribution(self, t):
+        return BKW(self.dim, max(float(t), self.t0), B=self.B)
+
+    def config(self):
+        return {"problem": "BKWProblem", "dim": self.dim, "B": self.B}
+
+
+def anisotropic_initial_covariance(dim: int) -> torch.Tensor:
+    """``Σ0 = diag(1.8, 0.2, 1, …, 1)`` (DESIGN §5); ``tr Σ0 / d = 1``."""
+    diag = torch.ones(dim, dtype=_F64)
+    diag[0], diag[1] = 1.8, 0.2
+    return torch.diag(diag)
+
+
+def _anisotropic_initial(dim: int, initial: str) -> distributions.Distribution:
+    cov = anisotropic_initial_covariance(dim)
+    if initial == "gaussian":
+        return Gaussian(torch.zeros(dim, dtype=_F64), cov)
+    # Symmetric two-Gaussian mixture ½N(−μ, C) + ½N(μ, C) with μ = (c, 0, …) and the same
+    # total covariance C + μμᵀ = Σ0: take C11 = 0.2·Σ0_11 = 0.36, so c = sqrt(0.8·1.8) = 1.2.
+    c11 = 0.2 * float(cov[0, 0])
+    shift = math.sqrt(float(cov[0, 0]) - c11)
+    comp = cov.clone()
+    comp[0, 0] = c11
+    means = torch.zeros(2, dim, dtype=_F64)
+    means[0, 0], means[1, 0] = -shift, shift
+    return GaussianMixture(torch.tensor([0.5, 0.5], dtype=_F64), means, torch.stack([comp, comp]))
+
+
+class AnisotropicMaxwell(Problem):
+    """Relaxation of an anisotropic distribution under Maxwell-molecule Landau (γ = 0).
+
+    Initial law ``N(0, Σ0)``, ``Σ0 = diag(1.8, 0.2, 1, …, 1)`` (``initial="gaussian"``), or the
+    symmetric two-Gaussian mixture with the same covariance (``initial="mixture"``). The second
+    moments obey the closed linear ODE ``dΣ/dt = 4B(tr Σ·I − d·Σ)`` (weak form with
+    ``φ = v_k v_l`` and integration by parts), so for any initial law
+    ``Σ(t) = Σ∞ − (Σ∞ − Σ0) e^{−4dBt}``, ``Σ∞ = tr(Σ0)/d·I`` (DESIGN §5). The density is
+    not known in closed form (a Gaussian does not stay Gaussian).
+    """
+
+    name = "anisotropic_maxwell"
+    state_name = "velocity"
+
+    def __init__(self, dim: int, B: float = 1.0 / 24.0, initial: str = "gaussian"):
+        self.dim = _check_int("dim", dim, 2)
+        self.B = _check_positive("B", B)
+        if initial not in ("gaussian", "mixture"):
+            raise ValueError(f"initial must be 'gaussian' or 'mixture', got {initial!r}")
+        self.initial = initial
+        self.t0 = 0.0
+        self.physics = Landau(gamma=0.0, B=self.B)
+        self.initial_covariance = anisotropic_initial_covariance(dim)
+        self.equilibrium_covariance = torch.trace(self.initial_covariance) / dim * torch.eye(dim, dtype=_F64)
+
+    def initial_distribution(self):
+        return _anisotropic_initial(self.dim, self.initial)
+
+    def exact_distribution(self, t):
+        return None
+
+    def exact_mean(self, t):
+        return torch.zeros(self.dim, dtype=_F64)
+
+    def exact_covariance(self, t):
+        rate = 4.0 * self.dim * self.B
+        decay = math.exp(-rate * (float(t) - self.t0))
+        return self.equilibrium_covariance - (self.equilibrium_covariance - self.initial_covariance) * decay
+
+    def config(self):
+        return {"problem": "AnisotropicMaxwell", "dim": self.dim, "B": self.B, "initial": self.initial}
+
+
+class CoulombRelaxation(Problem):
+    """Anisotropic relaxation under Coulomb Landau (γ = −3), same initial data as
+    :class:`AnisotropicMaxwell`. Only the equilibrium covariance ``Σ∞ = tr(Σ0)/d·I`` is known
+    (momentum and energy conservation), so ``exact_covariance`` returns None. The weight is
+    regularised as ``(|z|² + δ²)^{−3/2}`` with ``δ = regularization`` (default 1e-3, i.e.
+    1e-3 of the unit thermal speed).
+    """
+
+    name = "coulomb_relaxation"
+    state_name = "velocity"
+
+    def __init__(self, dim: int = 3, B: float = 1.0 / 24.0, initial: str = "gaussian",
+                 regularization: float = 1e-3):
+        self.dim = _check_int("dim", dim, 2)
+        self.B = _check_positive("B", B)
+        if initial not in ("gaussian", "mixture"):
+            raise ValueError(f"initial must be 'gaussian' or 'mixture', got {initial!r}")
+        self.initial = initial
+        self.regularization = _check_positive("regularization", regularization, allow_zero=True)
+        self.t0 = 0.0
+        self.physics = Landau(gamma=-3.0, B=self.B, regularization=self.regularization)
+        self.initial_covariance = anisotropic_initial_covariance(dim)
+        self.equilibrium_covariance = torch.trace(self.initial_covariance) / dim * torch.eye(dim, dtype=_F64)
+
+    def initial_distribution(self):
+        return _anisotropic_initial(self.dim, self.initial)
+
+    def exact_mean(self, t):
+        return torch.zeros(self.dim, dtype=_F64)
+
+    def exact_covariance(self, t):
+        return None
+
+    def config(self):
+        return {"problem": "CoulombRelaxation", "dim": self.dim, "B": self.B, "initial": self.initial,
+                "regularization": self.regularization}
+
+
+# --------------------------------------------------------------------------- Fokker–Planck problems
+def ou_drift(t: float, x: torch.Tensor) -> torch.Tensor:
+    """Ornstein–Uhlenbeck drift ``b(x) = −x``."""
+    return -x
+
+
+def zero_drift(t: float, x: torch.Tensor) -> torch.Tensor:
+    """No drift: pure diffusion."""
+    return torch.zeros_like(x)
+
+
+class OrnsteinUhlenbeck(Problem):
+    """``b = −x``, ``D = 1`` from ``N(0, (1 − e^{−2t0}) I)``: ``f(t) = N(0, (1 − e^{−2t}) I)``."""
+
+    name = "ornstein_uhlenbeck"
+    state_name = "position"
+
+    def __init__(self, dim: int, t0: float = 0.5):
+        self.dim = _check_int("dim", dim, 1)
+        self.t0 = _check_positive("t0", t0)
+        self.physics = FokkerPlanck(ou_drift, 1.0)
+
+    def variance(self, t: float) -> float:
+        return -math.expm1(-2.0 * float(t))
+
+    def initial_distribution(self):
+        return self.exact_distribution(self.t0)
+
+    def exact_distribution(self, t):
+        return isotropic_gaussian(self.dim, self.variance(t), dtype=_F64)
+
+    def config(self):
+        return {"problem": "OrnsteinUhlenbeck", "dim": self.dim, "t0": self.t0}
+
+
+class PureDiffusion(Problem):
+    """``b = 0``: ``f(t) = N(0, 2Dt·I)`` (the heat kernel), started at ``t0 > 0``."""
+
+    name = "pure_diffusion"
+    state_name = "position"
+
+    def __init__(self, dim: int, D: float = 1.0, t0: float = 0.5):
+        self.dim = _check_int("dim", dim, 1)
+        self.D = _check_positive("D", D)
+        self.t0 = _check_positive("t0", t0)
+        self.physics = FokkerPlanck(zero_drift, self.D)
+
+    def initial_distribution(self):
+        return self.exact_distribution(self.t0)
+
+    def exact_distribution(self, t):
+        return isotropic_gaussian(self.dim, 2.0 * self.D * float(t), dtype=_F64)
+
+    def config(self):
+        return {"problem": "PureDiffusion", "dim": self.dim, "D": self.D, "t0": self.t0}
+
+
+class _TrapDrift:
+    """``b(x, t) = (β(t) − x) + α(x − mean(x))``, ``β(t) = a(cos πwt, sin πwt)``."""
+
+    __name__ = "moving_trap_drift"
+
+    def __init__(self, a: float, w: float, alpha: float):
+        self.a, self.w, self.alpha = a, w, alpha
+
+    def beta(self, t: float) -> torch.Tensor:
+        angle = math.pi * self.w * t
+        return torch.tensor([self.a * math.cos(angle), self.a * math.sin(angle)], dtype=_F64)
+
+    def __call__(self, t, x):
+        return (self.beta(t).to(x) - x) + self.alpha * (x - x.mean(0))
+
+
+class MovingTrap(Problem):
+    """Moving harmonic trap with mean-field repulsion (Boffi & Vanden-Eijnden 2023), d = 2:
+
+    ``b(x, t) = (β(t) − x) + α(x − mean(x))``, ``β(t) = a(cos πwt, sin πwt)``, diffusion ``D``,
+    start ``N(β(0), σ0² I)`` at ``t0 = 0`` (defaults a = 2, w = 1, α = 0.5, D = 0.25,
+    σ0² = 0.25). The solution stays Gaussian, ``f(t) = N(m(t), σ²(t) I)``:
+
+    * mean ``m' = β − m``: with ``ω = πw``,
+      ``m₁ = a[cos ωt + ω sin ωt + ω² e^{−t}]/(1+ω²)``, ``m₂ = a[sin ωt − ω cos ωt + ω e^{−t}]/(1+ω²)``;
+    * variance ``(σ²)' = −2(1−α)σ² + 2D``: ``σ²(t) = σ∞² + (σ0² − σ∞²) e^{−2(1−α)t}``,
+      ``σ∞² = D/(1−α)`` (needs α < 1).
+    """
+
+    name = "moving_trap"
+    state_name = "position"
+
+    def __init__(self, a: float = 2.0, w: float = 1.0, alpha: float = 0.5, D: float = 0.25,
+                 initial_variance: float = 0.25):
+        self.dim = 2
+        self.t0 = 0.0
+        self.a = float(a)
+        self.w = float(w)
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha < 1:
+            raise ValueError(f"alpha must be a float < 1 (confining trap), got {alpha!r}")
+        self.alpha = float(alpha)
+        self.D = _check_positive("D", D)
+        self.initial_variance = _check_positive("initial_variance", initial_variance)
+        self.drift = _TrapDrift(self.a, self.w, self.alpha)
+        self.physics = FokkerPlanck(self.drift, self.D)
+
+    def beta(self, t: float) -> torch.Tensor:
+        return self.drift.beta(float(t))
+
+    def exact_mean(self, t):
+        t = float(t)
+        om = math.pi * self.w
+        c, s, e = math.cos(om * t), math.sin(om * t), math.exp(-t)
+        k = self.a / (1.0 + om * om)
+        return torch.tensor([k * (c + om * s + om * om * e), k * (s - om * c + om * e)], dtype=_F64)
+
+    def variance(self, t: float) -> float:
+        limit = self.D / (1.0 - self.alpha)
+        return limit + (self.initial_variance - limit) * math.exp(-2.0 * (1.0 - self.alpha) * float(t))
+
+    def initial_distribution(self):
+        return self.exact_distribution(0.0)
+
+    def exact_distribution(self, t):
+        return isotropic_gaussian(2, self.variance(t), mean=self.exact_mean(t), dtype=_F64)
+
+    def config(self):
+        return {"problem": "MovingTrap", "a": self.a, "w": self.w, "alpha": self.alpha, "D": self.D,
+                "initial_variance": self.initial_variance}
+
+
+_PROBLEMS = (BKWProblem, AnisotropicMaxwell, CoulombRelaxation, OrnsteinUhlenbeck, PureDiffusion, MovingTrap)
+
+
+def problem_from_config(config: dict) -> Problem:
+    """Rebuild a problem from ``problem.config()`` (``{"problem": class name, **arguments}``)."""
+    if not isinstance(config, dict) or "problem" not in config:
+        raise ValueError(f"config must be a dict with a 'problem' key, got {config!r}")
+    args = dict(config)
+    name = args.pop("problem")
+    for cls in _PROBLEMS:
+        if cls.__name__ == name:
+            try:
+                return cls(**args)
+            except TypeError as err:
+                raise ValueError(f"bad arguments for problem {name!r}: {err}") from err
+    raise ValueError(f"unknown problem {name!r}; known: {[cls.__name__ for cls in _PROBLEMS]}")

@@ -1,0 +1,1 @@
+"""Builds DiScoFormer's pretrained weights from random Gaussian mixtures (``python -m training``)."""

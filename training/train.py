@@ -1,0 +1,191 @@
+"""Train DiScoFormer weights on random Gaussian mixtures.
+
+    python -m training --dim 2 --steps 3000 --out particlescore/weights/discoformer_d2.safetensors
+    torchrun --nproc_per_node 2 -m training --dim 2 ...        # DDP (gloo on CPU, nccl on GPU)
+
+Loss per mixture: ``α·Huber(log f̂ − log f) + (1−α)·Σ‖ŝ − s‖²/Σ‖s‖²`` (the relative score error,
+the benchmark metric, so every mixture counts equally), averaged over the batch. AdamW with
+linear warm-up and cosine decay, gradient clipping. Checkpoints (state dicts only, loaded with
+``weights_only=True``) every ``--checkpoint-every`` steps and at ``--max-minutes``; ``--resume``
+continues from the newest checkpoint with the same batches an uninterrupted run would see.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from particlescore import __version__
+from particlescore.discoformer import DiScoFormer, save_weights
+from particlescore.estimators import KDE
+from particlescore.model import DiScoFormerConfig, DiScoFormerNet
+
+from .data import context_size, make_batch, step_generator
+from .evaluate import evaluate
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m training", description=__doc__.split("\n")[0])
+    p.add_argument("--dim", type=int, required=True)
+    p.add_argument("--steps", type=int, default=3000, help="total optimiser steps (sets the schedule)")
+    p.add_argument("--batch", type=int, default=16, help="mixtures per step (per process)")
+    p.add_argument("--n-min", type=int, default=256)
+    p.add_argument("--n-max", type=int, default=2048)
+    p.add_argument("--queries", type=int, default=128)
+    p.add_argument("--off-fraction", type=float, default=0.125)
+    p.add_argument("--alpha", type=float, default=0.1, help="weight of the log-density loss")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-6)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--clip", type=float, default=1.0)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads per process (0: leave default)")
+    p.add_argument("--run-dir", type=Path, default=None, help="checkpoints and log (default runs/train_d{dim})")
+    p.add_argument("--out", type=Path, default=None, help="final weights file (.safetensors)")
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this wall time")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--eval-mixtures", type=int, default=16)
+    p.add_argument("--eval-sizes", type=int, nargs="*", default=[256, 1024, 4096])
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def learning_rate(step: int, args) -> float:
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    progress = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
+    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def batch_loss(net, batch, alpha: float):
+    log_f, score = net(batch.context, batch.queries)                          # (B, m), (B, m, d)
+    rel_score = ((score - batch.score) ** 2).sum((1, 2)) / (batch.score ** 2).sum((1, 2))  # (B,)
+    log_err = F.huber_loss(log_f, batch.log_density, reduction="none", delta=1.0).mean(1)  # (B,)
+    return (alpha * log_err + (1 - alpha) * rel_score).mean(), rel_score.mean().detach(), log_err.mean().detach()
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+    if distributed:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if distributed else 0
+    world = dist.get_world_size() if distributed else 1
+    device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_dir = args.run_dir or Path("runs") / f"train_d{args.dim}"
+    out = args.out or run_dir / f"discoformer_d{args.dim}.safetensors"
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    config = DiScoFormerConfig(dim=args.dim, width=args.width, n_layers=args.layers, n_heads=args.heads)
+    net = DiScoFormerNet(config).to(device)
+    model = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
+    optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    start_step, wall_before = 0, 0.0
+    ckpt_path = run_dir / "checkpoint.pt"
+    if args.resume:
+        if not ckpt_path.is_file():
+            raise SystemExit(f"--resume: no checkpoint at {ckpt_path}")
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        if state["config"] != config.to_dict():
+            raise SystemExit(f"--resume: checkpoint config {state['config']} differs from {config.to_dict()}")
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_step, wall_before = state["step"], state["wall_seconds"]
+
+    log = open(run_dir / "train.log", "a") if rank == 0 else None
+    if log:
+        log.write(json.dumps({"event": "start", "argv": sys.argv, "args": {k: str(v) for k, v in vars(args).items()},
+                              "start_step": start_step, "world_size": world}) + "\n")
+    bar = None
+    if rank == 0 and not args.no_progress:
+        from tqdm import tqdm
+        bar = tqdm(total=args.steps, initial=start_step, desc=f"train d={args.dim}")
+
+    def checkpoint(step, wall):
+        if rank == 0:
+            tmp = ckpt_path.with_suffix(".tmp")
+            torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                        "config": config.to_dict(), "wall_seconds": wall}, tmp)
+            os.replace(tmp, ckpt_path)
+
+    t_start = time.time()
+    step = start_step
+    net.train()
+    while step < args.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, args)
+        n = context_size(step, args.seed, args.n_min, args.n_max)
+        batch = make_batch(dim=args.dim, batch=args.batch, n=n, n_queries=args.queries,
+                           off_fraction=args.off_fraction, generator=step_generator(args.seed, rank, step))
+        batch.context, batch.queries = batch.context.to(device), batch.queries.to(device)
+        batch.log_density, batch.score = batch.log_density.to(device), batch.score.to(device)
+        loss, rel_score, log_err = batch_loss(model, batch, args.alpha)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), args.clip)
+        optimizer.step()
+        step += 1
+        wall = wall_before + time.time() - t_start
+        if log:
+            log.write(json.dumps({"step": step, "n": n, "loss": loss.item(), "score_rel": rel_score.item(),
+                                  "log_huber": log_err.item(), "grad_norm": float(grad_norm),
+                                  "lr": learning_rate(step - 1, args), "wall": round(wall, 1)}) + "\n")
+            log.flush()
+        if bar:
+            bar.update(1)
+            bar.set_postfix(n=n, score_rel=f"{rel_score.item():.3f}", log=f"{log_err.item():.3f}")
+        if step % args.checkpoint_every == 0:
+            checkpoint(step, wall)
+        if args.max_minutes is not None and wall - wall_before > 60 * args.max_minutes:
+            break
+    wall = wall_before + time.time() - t_start
+    checkpoint(step, wall)
+    if bar:
+        bar.close()
+    if distributed:
+        dist.destroy_process_group()
+    if rank != 0:
+        return 0
+
+    net.eval()
+    est = DiScoFormer(net.cpu())
+    results = {n: evaluate({"DiScoFormer": est, "Scott KDE": KDE("scott")}, args.dim, n, args.eval_mixtures,
+                           oracle=False) for n in args.eval_sizes}
+    card = {"command": " ".join(["python -m training"] + (argv if argv is not None else sys.argv[1:])),
+            "git_commit": git_commit(), "particlescore_version": __version__, "seed": args.seed,
+            "steps_done": step, "steps_planned": args.steps, "world_size": world, "wall_seconds": round(wall, 1),
+            "finished": step >= args.steps, "config": config.to_dict(),
+            "evaluation": {str(n): r for n, r in results.items()}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sha = save_weights(net, out, extra={"card": card})
+    card["sha256"] = sha
+    out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    if log:
+        log.write(json.dumps({"event": "done", "card": card}) + "\n")
+        log.close()
+    print(json.dumps(card["evaluation"], indent=1))
+    return 0
