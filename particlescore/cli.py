@@ -90,6 +90,8 @@ def main(argv=None) -> int:
         return _cmd_plot(args)
     except (UsageError, ValueError) as err:
         return _fail(str(err), 2)
+    except OSError as err:
+        return _fail(str(err), 1)
 
 
 def _fail(message: str, status: int) -> int:
@@ -173,17 +175,18 @@ def _cmd_run(args) -> int:
 
 
 def _summary(path: str, wall: float) -> str:
-    ds = open_trajectory(path)
-    lines = [f"wrote {path}: {ds.sizes['time']} records, steps {_range(ds['step'].values)}, "
-             f"t = {_range(ds['time'].values)}, wall time {wall:.1f} s"]
-    if ds.sizes["time"]:
-        last = ds.isel(time=-1)
-        for name in ("energy", "entropy", "fisher_information", "consistency_loss",
-                     "covariance_error", "mean_error", "score_error"):
-            if name in ds and np.isfinite(last[name].values).all():
-                lines.append(f"  final {name}: {_format_value(last[name].values)}")
-        if "covariance" in ds:
-            lines.append(f"  final covariance diagonal: {_format_value(np.diagonal(last['covariance'].values))}")
+    """Records, steps, times and the final diagnostics (exact-solution errors where known)."""
+    with open_trajectory(path, load=False) as ds:  # reads only the small variables below
+        lines = [f"wrote {path}: {ds.sizes['time']} records, steps {_range(ds['step'].values)}, "
+                 f"t = {_range(ds['time'].values)}, wall time {wall:.1f} s"]
+        if ds.sizes["time"]:
+            last = ds.isel(time=-1)
+            for name in ("energy", "entropy", "fisher_information", "consistency_loss",
+                         "covariance_error", "mean_error", "score_error"):
+                if name in ds and np.isfinite(last[name].values).all():
+                    lines.append(f"  final {name}: {_format_value(last[name].values)}")
+            if "covariance" in ds:
+                lines.append(f"  final covariance diagonal: {_format_value(np.diagonal(last['covariance'].values))}")
     return "\n".join(lines)
 
 
@@ -210,9 +213,7 @@ def describe_trajectory(path) -> str:
     """Human-readable description of a trajectory file (what ``particlescore info`` prints)."""
     import netCDF4
 
-    with netCDF4.Dataset(os.fspath(path)) as raw:  # open_trajectory below checks the format first
-        stored = len(raw.dimensions["time"]) if "time" in raw.dimensions else 0
-    with open_trajectory(path, load=False) as ds:
+    with open_trajectory(path, load=False) as ds:  # checks that this is a trajectory
         attrs = decode_attrs(ds.attrs)
         complete = ds.sizes["time"]
         times, steps = ds["time"].values, ds["step"].values
@@ -220,6 +221,8 @@ def describe_trajectory(path) -> str:
         variables = [(name, ds[name].dims, ds[name].attrs.get("units", ""), ds[name].attrs.get("long_name", ""))
                      for name in names]
         sizes = dict(ds.sizes)
+    with netCDF4.Dataset(os.fspath(path)) as raw:
+        stored = len(raw.dimensions["time"])
     lines = [f"file: {os.fspath(path)}",
              f"state: {attrs.get('state_variable')} of {sizes.get('particle')} particles in dimension {sizes.get('dim')}",
              f"dimensions: " + ", ".join(f"{k}={v}" for k, v in sizes.items()),
@@ -256,7 +259,9 @@ def describe_trajectory(path) -> str:
 
 def _toml_lines(config: dict) -> list[str]:
     lines = []
-    for section, table in config.items():
+    ordered = [key for key in _config.SECTIONS if key in config] + [key for key in config if key not in _config.SECTIONS]
+    for section in ordered:
+        table = config[section]
         if isinstance(table, dict):
             lines.append(f"[{section}]")
             lines.extend(f"{key} = {json.dumps(value)}" for key, value in table.items())
@@ -278,13 +283,13 @@ def _cmd_plot(args) -> int:
 def plot_trajectory(path, output) -> None:
     """Covariance diagonal (exact dashed where known), energy, entropy / Fisher information
     and particle snapshots (first two dimensions at three times) -> ``output`` (PNG)."""
+    ds = open_trajectory(path)
+    if ds.sizes["time"] == 0:
+        raise ValueError(f"{os.fspath(path)!r} holds no complete record to plot")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ds = open_trajectory(path)
-    if ds.sizes["time"] == 0:
-        raise ValueError(f"{os.fspath(path)!r} holds no complete record to plot")
     attrs = decode_attrs(ds.attrs)
     state = np.asarray(ds[attrs["state_variable"]].values)               # (T, n, d)
     times = np.asarray(ds["time"].values)

@@ -59,11 +59,11 @@ PROBLEM_KEYS = {
 }
 #: Keys each estimator accepts in [estimator] (besides ``name``).
 ESTIMATOR_KEYS = {
-    "discoformer": ("adapt_steps", "warm_start"),
+    "discoformer": ("adapt_steps", "adapt_lr", "warm_start"),
     "kde": ("bandwidth",),
     "blob": ("eps",),
     "exact": (),
-    "sbtm": (),
+    "sbtm": ("hidden", "layers", "steps_per_call", "lr", "initial_fit_steps", "hutchinson_probes"),
 }
 RUN_KEYS = ("n", "dt", "t_end", "save_every", "seed", "integrator")
 
@@ -93,9 +93,16 @@ class EstimatorConfig:
     """[estimator]: the score estimator; keys the estimator does not use are None."""
     name: str = "discoformer"
     adapt_steps: int | None = None
+    adapt_lr: float | None = None
     warm_start: bool | None = None
     bandwidth: str | float | None = None
     eps: float | None = None
+    hidden: int | None = None
+    layers: int | None = None
+    steps_per_call: int | None = None
+    lr: float | None = None
+    initial_fit_steps: int | None = None
+    hutchinson_probes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -224,12 +231,22 @@ def _estimator_section(table: dict) -> EstimatorConfig:
     _check_keys(table, ("name",) + ESTIMATOR_KEYS[name], f"[estimator] for estimator {name!r}")
     if name == "discoformer":
         return EstimatorConfig(name=name, adapt_steps=_get_int(table, "adapt_steps", "estimator", 0, minimum=0),
+                               adapt_lr=_get_float(table, "adapt_lr", "estimator", 1e-3, positive=True),
                                warm_start=_get_bool(table, "warm_start", "estimator", True))
     if name == "kde":
         return EstimatorConfig(name=name, bandwidth=_bandwidth(table))
     if name == "blob":
         eps = _get_float(table, "eps", "estimator", positive=True) if "eps" in table else None
         return EstimatorConfig(name=name, eps=eps)
+    if name == "sbtm":
+        return EstimatorConfig(
+            name=name,
+            hidden=_get_int(table, "hidden", "estimator", 64, minimum=1),
+            layers=_get_int(table, "layers", "estimator", 2, minimum=1),
+            steps_per_call=_get_int(table, "steps_per_call", "estimator", 25, minimum=0),
+            lr=_get_float(table, "lr", "estimator", 1e-3, positive=True),
+            initial_fit_steps=_get_int(table, "initial_fit_steps", "estimator", 500, minimum=0),
+            hutchinson_probes=_get_int(table, "hutchinson_probes", "estimator", 0, minimum=0))
     return EstimatorConfig(name=name)
 
 
@@ -340,8 +357,9 @@ def build_estimator(cfg: RunConfig, problem):
     """The score estimator named in [estimator], set up for ``problem`` (explicit mapping).
 
     discoformer: the shipped weights for the problem's dimension (ValueError listing the
-    available dimensions otherwise); exact: the problem's exact solution (ValueError when it
-    has none); sbtm: a per-simulation network fitted first to the exact initial score.
+    available dimensions otherwise), warm-started between steps; exact: the problem's exact
+    solution (ValueError when it has none); sbtm: a per-simulation network fitted first to the
+    exact initial score, seeded with run.seed.
     """
     from . import estimators
 
@@ -351,7 +369,8 @@ def build_estimator(cfg: RunConfig, problem):
             from .discoformer import DiScoFormer
         except ImportError as err:
             raise ValueError(f"the discoformer estimator is not available in this installation ({err})") from err
-        return DiScoFormer.pretrained(dim=problem.dim, adapt_steps=e.adapt_steps, warm_start=e.warm_start)
+        return DiScoFormer.pretrained(dim=problem.dim, adapt_steps=e.adapt_steps, adapt_lr=e.adapt_lr,
+                                      warm_start=e.warm_start)
     if e.name == "kde":
         return estimators.KDE(bandwidth=e.bandwidth)
     if e.name == "blob":
@@ -360,7 +379,9 @@ def build_estimator(cfg: RunConfig, problem):
         return estimators.Exact(_exact_solution(cfg, problem))
     if e.name == "sbtm":
         from .sbtm import SBTM
-        return SBTM(initial_score=_initial_score(problem))
+        return SBTM(hidden=e.hidden, layers=e.layers, steps_per_call=e.steps_per_call, lr=e.lr,
+                    initial_score=_initial_score(problem), initial_fit_steps=e.initial_fit_steps,
+                    hutchinson_probes=e.hutchinson_probes, seed=cfg.run.seed)
     raise ValueError(f"unknown estimator {e.name!r}; allowed: {', '.join(ESTIMATOR_NAMES)}")
 
 

@@ -92,11 +92,11 @@ class BKWProblem(Problem):
     name = "bkw"
     state_name = "velocity"
 
-    def __init__(self, dim: int, B: float = 1.0 / 24.0):
+    def __init__(self, dim: int, B: float = 1.0 / 24.0, random_batch_size: int | None = None):
         self.dim = _check_int("dim", dim, 2)
         self.B = _check_positive("B", B)
         self.t0 = BKW.start_time(dim, self.B)
-        self.physics = Landau(gamma=0.0, B=self.B)
+        self.physics = Landau(gamma=0.0, B=self.B, random_batch_size=random_batch_size)
 
     def initial_distribution(self):
         return BKW(self.dim, self.t0, B=self.B)
@@ -105,7 +105,8 @@ class BKWProblem(Problem):
         return BKW(self.dim, max(float(t), self.t0), B=self.B)
 
     def config(self):
-        return {"problem": "BKWProblem", "dim": self.dim, "B": self.B}
+        return {"problem": "BKWProblem", "dim": self.dim, "B": self.B,
+                "random_batch_size": self.physics.random_batch_size}
 
 
 def anisotropic_initial_covariance(dim: int) -> torch.Tensor:
@@ -144,14 +145,15 @@ class AnisotropicMaxwell(Problem):
     name = "anisotropic_maxwell"
     state_name = "velocity"
 
-    def __init__(self, dim: int, B: float = 1.0 / 24.0, initial: str = "gaussian"):
+    def __init__(self, dim: int, B: float = 1.0 / 24.0, initial: str = "gaussian",
+                 random_batch_size: int | None = None):
         self.dim = _check_int("dim", dim, 2)
         self.B = _check_positive("B", B)
         if initial not in ("gaussian", "mixture"):
             raise ValueError(f"initial must be 'gaussian' or 'mixture', got {initial!r}")
         self.initial = initial
         self.t0 = 0.0
-        self.physics = Landau(gamma=0.0, B=self.B)
+        self.physics = Landau(gamma=0.0, B=self.B, random_batch_size=random_batch_size)
         self.initial_covariance = anisotropic_initial_covariance(dim)
         self.equilibrium_covariance = torch.trace(self.initial_covariance) / dim * torch.eye(dim, dtype=_F64)
 
@@ -170,7 +172,8 @@ class AnisotropicMaxwell(Problem):
         return self.equilibrium_covariance - (self.equilibrium_covariance - self.initial_covariance) * decay
 
     def config(self):
-        return {"problem": "AnisotropicMaxwell", "dim": self.dim, "B": self.B, "initial": self.initial}
+        return {"problem": "AnisotropicMaxwell", "dim": self.dim, "B": self.B, "initial": self.initial,
+                "random_batch_size": self.physics.random_batch_size}
 
 
 class CoulombRelaxation(Problem):
@@ -185,7 +188,7 @@ class CoulombRelaxation(Problem):
     state_name = "velocity"
 
     def __init__(self, dim: int = 3, B: float = 1.0 / 24.0, initial: str = "gaussian",
-                 regularization: float = 1e-3):
+                 regularization: float = 1e-3, random_batch_size: int | None = None):
         self.dim = _check_int("dim", dim, 2)
         self.B = _check_positive("B", B)
         if initial not in ("gaussian", "mixture"):
@@ -193,7 +196,8 @@ class CoulombRelaxation(Problem):
         self.initial = initial
         self.regularization = _check_positive("regularization", regularization, allow_zero=True)
         self.t0 = 0.0
-        self.physics = Landau(gamma=-3.0, B=self.B, regularization=self.regularization)
+        self.physics = Landau(gamma=-3.0, B=self.B, regularization=self.regularization,
+                              random_batch_size=random_batch_size)
         self.initial_covariance = anisotropic_initial_covariance(dim)
         self.equilibrium_covariance = torch.trace(self.initial_covariance) / dim * torch.eye(dim, dtype=_F64)
 
@@ -208,7 +212,7 @@ class CoulombRelaxation(Problem):
 
     def config(self):
         return {"problem": "CoulombRelaxation", "dim": self.dim, "B": self.B, "initial": self.initial,
-                "regularization": self.regularization}
+                "regularization": self.regularization, "random_batch_size": self.physics.random_batch_size}
 
 
 # --------------------------------------------------------------------------- Fokker–Planck problems

@@ -153,6 +153,8 @@ def _open_netcdf(path, mode: str):
     import netCDF4
 
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{path!r} is a directory, not a trajectory file")
     if not os.path.isfile(path):
         raise ValueError(f"trajectory file not found: {path!r}")
     if not _is_netcdf(path):

@@ -1,0 +1,204 @@
+"""DiScoFormer: equivariances, the KDE special case, shipped weights, adaptation, errors."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import particlescore as ps
+from particlescore import estimators
+from particlescore.discoformer import DiScoFormer, available_dims, load_weights, save_weights
+from particlescore.distributions import StudentT, random_gmm
+from particlescore.model import DiScoFormerConfig, DiScoFormerNet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def random_net(dim, seed=0):
+    """A randomly initialised network whose head depends on the transformer (non-zero weights)."""
+    torch.manual_seed(seed)
+    net = DiScoFormerNet(DiScoFormerConfig(dim=dim)).double()
+    with torch.no_grad():
+        net.head.weight.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(seed))
+    return DiScoFormer(net)
+
+
+def gmm_data(dim, n=300, m=50, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    mixture = random_gmm(1, dim, generator=g, dtype=torch.float64)
+    return mixture.sample(n, generator=g)[0], mixture.sample(m, generator=g)[0]
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_exact_equivariances(dim):
+    est = random_net(dim)
+    x, y = gmm_data(dim)
+    log_f, score = est(x, y)
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
+    log_p, score_p = est(x[perm], y)
+    # float64 throughout: only summation order changes, so agreement to ~1e-10
+    torch.testing.assert_close(log_p, log_f, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(score_p, score, rtol=1e-9, atol=1e-9)
+    shift = torch.arange(1.0, dim + 1, dtype=torch.float64) * 3.0
+    log_t, score_t = est(x + shift, y + shift)
+    torch.testing.assert_close(log_t, log_f, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(score_t, score, rtol=1e-9, atol=1e-9)
+    # anisotropic axis scaling x -> xD: log f' = log f − log|det D|, s' = s D⁻¹ (exact because
+    # the Cholesky whitening satisfies chol(DΣD) = D chol(Σ))
+    scale = torch.linspace(0.2, 5.0, dim, dtype=torch.float64)
+    log_s, score_s = est(x * scale, y * scale)
+    torch.testing.assert_close(log_s, log_f - torch.log(scale).sum(), rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(score_s, score / scale, rtol=1e-8, atol=1e-8)
+
+
+def test_rotation_error_is_reported():
+    est = random_net(2)
+    x, y = gmm_data(2)
+    angle = 0.7
+    rot = torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]], dtype=torch.float64)
+    _, score = est(x, y)
+    _, score_r = est(x @ rot.T, y @ rot.T)
+    rel = ps.relative_score_mse(score_r, score @ rot.T)
+    print(f"rotation equivariance error (relative MSE, untrained net): {rel:.2e}")
+    assert math.isfinite(rel)
+
+
+@pytest.mark.parametrize("dim,factor", [(1, 0.8), (2, 1.0), (3, 0.6)])
+def test_hand_set_block_reproduces_gaussian_kde(dim, factor):
+    """One kernel-attention head with the squared-norm lift and a gate fixed on it is KDE."""
+    config = DiScoFormerConfig(dim=dim, kde_bandwidths=(factor,), local_bandwidths=(2.0,), whiten_ridge=0.0)
+    net = DiScoFormerNet(config).double()
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.bias.zero_()
+        net.head.bias[0] = 60.0          # score gate: the KDE candidate (weight 1 − e^-60)
+        net.head.bias[2] = 60.0          # log-density gate: the KDE candidate
+    x, y = gmm_data(dim, n=400)
+    log_f, score = DiScoFormer(net)(x, y)
+    n = x.shape[0]
+    kde = estimators._FactorKDE(factor * n ** (-1.0 / (dim + 4)))   # H = h²·Σ̂, the same kernel
+    log_ref, score_ref = kde(x, y)
+    torch.testing.assert_close(log_f, log_ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(score, score_ref, rtol=0, atol=1e-5)
+
+
+def test_every_shipped_weights_file_loads_and_beats_scott_kde():
+    dims = available_dims()
+    assert set(dims) >= {1, 2, 3, 10}, f"shipped dims {dims}"
+    for dim in dims:
+        est = ps.DiScoFormer.pretrained(dim=dim)
+        assert est.sha256 and len(est.sha256) == 64
+        card = json.loads((ROOT / "particlescore" / "weights" / f"discoformer_d{dim}.json").read_text())
+        assert card["sha256"] == est.sha256
+        errs_model, errs_kde = [], []
+        for seed in range(4):
+            g = torch.Generator().manual_seed(10_000 + seed)
+            mixture = random_gmm(1, dim, generator=g, dtype=torch.float64)
+            x, y = mixture.sample(512, generator=g)[0], mixture.sample(256, generator=g)[0]
+            truth = mixture.score(y[None])[0]
+            errs_model.append(ps.relative_score_mse(est(x, y)[1], truth))
+            errs_kde.append(ps.relative_score_mse(ps.KDE("scott")(x, y)[1], truth))
+        # averaged over 4 mixtures; the model cards show margins of ≥ 1.5x at n = 256…4096
+        assert np.mean(errs_model) < np.mean(errs_kde), (dim, errs_model, errs_kde)
+
+
+def test_pretrained_missing_dimension_lists_available():
+    with pytest.raises(ValueError, match=r"no pretrained DiScoFormer weights for dim=7; available dims: \[1, 2, 3"):
+        ps.DiScoFormer.pretrained(dim=7)
+
+
+def test_corrupt_and_mismatched_weights_files(tmp_path):
+    bad = tmp_path / "corrupt.safetensors"
+    bad.write_bytes(b"\x00\x01 not a safetensors file")
+    with pytest.raises(ValueError, match="corrupt DiScoFormer weights"):
+        DiScoFormer.from_file(bad)
+    net = DiScoFormerNet(DiScoFormerConfig(dim=2))
+    good = tmp_path / "good.safetensors"
+    save_weights(net, good)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="corrupt"):
+        DiScoFormer.from_file(truncated)
+    from safetensors.torch import save_file
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    state.pop("head.bias")
+    mismatched = tmp_path / "mismatched.safetensors"
+    save_file(state, str(mismatched), metadata={"format": "particlescore-discoformer-1",
+                                                "config": json.dumps(net.config.to_dict())})
+    with pytest.raises(ValueError, match=r"does not match its config: missing \['head.bias'\]"):
+        DiScoFormer.from_file(mismatched)
+    with pytest.raises(ValueError, match="not found"):
+        DiScoFormer.from_file(tmp_path / "absent.safetensors")
+
+
+def test_bad_inputs():
+    est = random_net(2)
+    with pytest.raises(ValueError, match=r"trained for dim=2.*available pretrained dims"):
+        est(np.zeros((10, 3)))
+    with pytest.raises(ValueError, match=r"at least 3 particles to whiten"):
+        est(np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="NaN"):
+        est(np.full((10, 2), np.nan))
+    with pytest.raises(ValueError, match="adapt_steps"):
+        DiScoFormer(DiScoFormerNet(DiScoFormerConfig(dim=2)), adapt_steps=-1)
+
+
+def test_numpy_float32_round_trip():
+    est = random_net(2)
+    x, y = gmm_data(2)
+    log_f, score = est(x.numpy().astype(np.float32), y.numpy().astype(np.float32))
+    assert isinstance(score, np.ndarray) and score.dtype == np.float32 and score.shape == (50, 2)
+
+
+def _drift(est):
+    return sum(float(((p - p0) ** 2).sum()) for p, p0 in zip(est.net.adaptable_parameters(), est._pretrained))
+
+
+def test_adaptation_lowers_consistency_loss_and_warm_start_carries_state():
+    x = StudentT(2, 3.0).sample(256, generator=torch.Generator().manual_seed(0))
+    cold = random_net(2)
+    before = cold.consistency_loss(x)
+    cold.adapt_steps = 8
+    cold.adapt_lr = 1e-2
+    cold(x)
+    after = cold.diagnostics()["consistency_loss"]
+    assert after < before, (before, after)
+    # warm start: the second call continues from the first call's adapted head
+    warm = random_net(2)
+    warm.adapt_steps, warm.adapt_lr, warm.warm_start = 8, 1e-2, True
+    warm(x)
+    one_call = [p.clone() for p in warm.net.adaptable_parameters()]
+    warm(x)
+    assert any(not torch.equal(a, b) for a, b in zip(one_call, warm.net.adaptable_parameters()))
+    cold(x)  # without warm start every call restarts from the pretrained head
+    for a, b in zip(one_call, cold.net.adaptable_parameters()):
+        torch.testing.assert_close(a, b)
+    warm.reset()
+    assert _drift(warm) == 0.0
+    # drift stays inside the trust ball whatever the number of calls
+    for _ in range(5):
+        warm(x)
+    radius = warm.max_drift ** 2 * sum(float((p0 ** 2).sum()) for p0 in warm._pretrained)
+    assert _drift(warm) <= radius * (1 + 1e-6)
+
+
+def test_ddp_training_smoke(tmp_path):
+    """Two gloo processes train a few steps with torchrun and write a loadable weights file."""
+    out = tmp_path / "w.safetensors"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29613",
+           "-m", "training", "--dim", "2", "--steps", "3", "--batch", "2", "--n-min", "32", "--n-max", "64",
+           "--queries", "16", "--width", "16", "--eval-mixtures", "1", "--eval-sizes", "64", "--threads", "1",
+           "--run-dir", str(tmp_path), "--out", str(out), "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    net, meta = load_weights(out)
+    card = json.loads(meta["card"])
+    assert card["world_size"] == 2 and card["steps_done"] == 3
+    log = [json.loads(line) for line in (tmp_path / "train.log").read_text().splitlines()]
+    assert log[0]["world_size"] == 2
