@@ -190,30 +190,31 @@ def _get_table(data: dict, key: str, required: bool) -> dict:
 # --------------------------------------------------------------------------- sections
 def _problem_section(table: dict) -> ProblemConfig:
     name = _get_choice(table, "name", "problem", PROBLEM_NAMES)
-    _check_keys(table, ("name",) + PROBLEM_KEYS[name], f"[problem] for problem {name!r}")
+    keys = PROBLEM_KEYS[name]
+    _check_keys(table, ("name",) + keys, f"[problem] for problem {name!r}")
     if name == "moving_trap":
         dim = _get_int(table, "dim", "problem", default=2)
         if dim != 2:
             raise ValueError(f"problem.dim: the moving_trap problem is two-dimensional, got dim = {dim}")
-    elif name == "landau_coulomb":
-        dim = _get_int(table, "dim", "problem", default=3, minimum=2)
-    elif name in ("bkw", "landau_maxwell_anisotropic"):
-        dim = _get_int(table, "dim", "problem", minimum=2)
-    else:
-        dim = _get_int(table, "dim", "problem", minimum=1)
-    B = _get_float(table, "B", "problem", DEFAULT_B, positive=True) if "B" in PROBLEM_KEYS[name] else None
-    initial = _get_choice(table, "initial", "problem", ("gaussian", "mixture"), "gaussian") \
-        if "initial" in PROBLEM_KEYS[name] else None
-    t0 = _get_float(table, "t0", "problem", DEFAULT_T0, positive=True) if "t0" in PROBLEM_KEYS[name] else None
-    if name == "moving_trap":
         return ProblemConfig(name=name, dim=dim,
                              a=_get_float(table, "a", "problem", 2.0),
                              w=_get_float(table, "w", "problem", 1.0),
                              alpha=_get_float(table, "alpha", "problem", 0.5),
                              D=_get_float(table, "D", "problem", 0.25, positive=True),
                              initial_variance=_get_float(table, "initial_variance", "problem", 0.25, positive=True))
-    D = _get_float(table, "D", "problem", DEFAULT_D, positive=True) if "D" in PROBLEM_KEYS[name] else None
-    return ProblemConfig(name=name, dim=dim, B=B, initial=initial, t0=t0, D=D)
+    if name == "landau_coulomb":
+        dim = _get_int(table, "dim", "problem", default=3, minimum=2)
+    elif name in ("bkw", "landau_maxwell_anisotropic"):
+        dim = _get_int(table, "dim", "problem", minimum=2)
+    else:
+        dim = _get_int(table, "dim", "problem", minimum=1)
+    return ProblemConfig(
+        name=name, dim=dim,
+        B=_get_float(table, "B", "problem", DEFAULT_B, positive=True) if "B" in keys else None,
+        initial=_get_choice(table, "initial", "problem", ("gaussian", "mixture"), "gaussian") if "initial" in keys else None,
+        t0=_get_float(table, "t0", "problem", DEFAULT_T0, positive=True) if "t0" in keys else None,
+        D=_get_float(table, "D", "problem", DEFAULT_D, positive=True) if "D" in keys else None,
+    )
 
 
 def _bandwidth(table: dict) -> str | float:

@@ -241,15 +241,17 @@ def test_kill_and_resume_gives_the_same_final_state(tmp_path):
 # --------------------------------------------------------------------------- SBTM
 def test_sbtm_fits_the_initial_score_and_is_seeded():
     law = Gaussian(torch.zeros(2, dtype=F64), torch.diag(torch.tensor([2.0, 0.5], dtype=F64)))
-    x = law.sample(300, generator=torch.Generator().manual_seed(0))
-    est = SBTM(initial_score=law.score, initial_fit_steps=300, lr=1e-2, seed=1)
+    x = law.sample(200, generator=torch.Generator().manual_seed(0))
+    make = lambda: SBTM(hidden=32, initial_score=law.score, initial_fit_steps=150, steps_per_call=10,
+                        lr=1e-2, seed=1)
+    est = make()
     log_f, s = est(x)
-    assert torch.isnan(log_f).all() and s.shape == (300, 2)
-    # 300 Adam steps on a smooth linear target: a few-percent fit (measured ≈ 0.1 %).
-    assert relative_score_mse(s, law.score(x)) < 0.02
-    again = SBTM(initial_score=law.score, initial_fit_steps=300, lr=1e-2, seed=1)(x)[1]
-    assert torch.equal(s, again)
-    # Later calls train on the implicit loss and keep the fit reasonable (warm start).
+    assert torch.isnan(log_f).all() and s.shape == (200, 2)
+    # 150 Adam steps on a smooth linear target (measured relative MSE 1.5e-4); tolerance 1e-2.
+    assert relative_score_mse(s, law.score(x)) < 0.01
+    assert torch.equal(s, make()(x)[1])
+    # Later calls train on the implicit loss from the warm start; the fit stays close to the
+    # truth (measured 0.014–0.020 over 3 calls of 10 steps); tolerance 0.1.
     for _ in range(3):
         _, s = est(x)
     assert math.isfinite(est.diagnostics()["sbtm_loss"])
