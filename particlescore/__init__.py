@@ -1,14 +1,26 @@
 """particlescore: score-based particle simulations of kinetic equations.
 
-See README.md and the design reference; the public interface is re-exported here.
+Score estimators (DiScoFormer, KDE, Blob, Exact, SBTM), the problems of the design reference
+with their exact solutions, the particle solver and its netCDF trajectory files.
 """
 from ._version import __version__
-from .estimators import KDE, Blob, Exact, ScoreEstimator, oracle_bandwidth
+from . import distributions, problems
 from .discoformer import DiScoFormer
+from .estimators import KDE, Blob, Exact, ScoreEstimator, oracle_bandwidth
 from .metrics import log_density_mse, relative_score_mse
-from . import distributions
+from .physics import FokkerPlanck, Landau
+from .problems import (AnisotropicMaxwell, BKWProblem, CoulombRelaxation, MovingTrap, OrnsteinUhlenbeck,
+                       Problem, PureDiffusion, problem_from_config)
+from .sbtm import SBTM
+from .solver import Euler, Heun, Solution, simulate
+from .trajectory import TrajectoryWriter, open_trajectory
 
 __all__ = [
-    "__version__", "ScoreEstimator", "DiScoFormer", "KDE", "Blob", "Exact", "oracle_bandwidth",
-    "relative_score_mse", "log_density_mse", "distributions",
+    "__version__", "distributions", "problems",
+    "ScoreEstimator", "DiScoFormer", "KDE", "Blob", "Exact", "SBTM", "oracle_bandwidth",
+    "relative_score_mse", "log_density_mse",
+    "Landau", "FokkerPlanck",
+    "Problem", "BKWProblem", "AnisotropicMaxwell", "CoulombRelaxation", "OrnsteinUhlenbeck", "PureDiffusion",
+    "MovingTrap", "problem_from_config",
+    "simulate", "Euler", "Heun", "Solution", "open_trajectory", "TrajectoryWriter",
 ]

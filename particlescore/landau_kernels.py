@@ -12,6 +12,10 @@ applied without forming a matrix: O(n²·d) time, O(n·d) memory. The weight ``w
 even in ``z`` while ``s_i − s_j`` is odd, so the pair terms cancel in Σ_i: momentum
 ``Σ_i v_i`` is conserved to round-off; ``A(z)z = 0`` conserves energy in continuous time.
 
+For Maxwell molecules (γ = 0) the pair term is a polynomial in ``(v_j, s_j)``, so the sum
+over ``j`` collapses to a few ensemble moments: :func:`landau_velocity_maxwell` computes the
+same velocities exactly (up to round-off) in O(n·d²) time.
+
 All kernels take float64 C-contiguous arrays; the caller converts.
 """
 from __future__ import annotations
@@ -21,7 +25,7 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["landau_velocity", "landau_velocity_random_batch"]
+__all__ = ["landau_velocity", "landau_velocity_random_batch", "landau_velocity_maxwell"]
 
 
 @numba.njit(inline="always")
@@ -103,3 +107,31 @@ def landau_velocity_random_batch(v: np.ndarray, s: np.ndarray, permutation: np.n
         for k in range(d):
             out[i, k] = scale * acc[k]
     return out
+
+
+def landau_velocity_maxwell(v: np.ndarray, s: np.ndarray, B: float) -> np.ndarray:
+    """Maxwell molecules (γ = 0) in O(n·d²): the pair sum expanded into ensemble moments.
+
+    With ``a = v_i − v̄``, ``p = s_i − s̄``, ``b_j = v_j − v̄``, ``q_j = s_j − s̄`` (``z`` and
+    ``s_i − s_j`` are unchanged by the centring, and ``Σ_j b_j = Σ_j q_j = 0``)::
+
+        Σ_j |z|²(p − q_j)        = n|a|² p + S p + 2 M_qb a − R
+        Σ_j z (z·(p − q_j))      = a (n a·p + T) + M_bq a + M_bb p − U
+        S = Σ|b_j|², T = Σ b_j·q_j, M_qb = Σ q_j b_jᵀ = M_bqᵀ, M_bb = Σ b_j b_jᵀ,
+        R = Σ |b_j|² q_j, U = Σ b_j (b_j·q_j),
+
+    and ``out_i = −(B/n)(first − second)``. Equals :func:`landau_velocity` with ``γ = 0``.
+    """
+    n = v.shape[0]
+    a = v - v.mean(0)
+    p = s - s.mean(0)
+    r2 = np.einsum("ij,ij->i", a, a)                   # |b_j|²
+    ap = np.einsum("ij,ij->i", a, p)                   # b_j·q_j
+    S, T = r2.sum(), ap.sum()
+    M_qb = p.T @ a                                      # Σ q_j b_jᵀ
+    M_bb = a.T @ a
+    R = r2 @ p
+    U = ap @ a
+    first = (n * r2 + S)[:, None] * p + 2.0 * (a @ M_qb.T) - R
+    second = a * (n * ap + T)[:, None] + a @ M_qb + p @ M_bb - U
+    return (-B / n) * (first - second)

@@ -66,7 +66,9 @@ class Landau:
     ``random_batch_size = p``: random batch method — each step the particles are split into
     random batches of ``p`` that interact only among themselves (O(n·p) per evaluation;
     momentum still conserved); draw the batches with :meth:`at_step`. Runs in numba
-    (:mod:`particlescore.landau_kernels`), O(n) memory.
+    (:mod:`particlescore.landau_kernels`), O(n) memory: O(n²·d) pair sums in general, and for
+    Maxwell molecules (``gamma = 0``, full interactions) the exact O(n·d²) moment expansion
+    :func:`~particlescore.landau_kernels.landau_velocity_maxwell`.
     """
 
     def __init__(self, gamma: float = 0.0, B: float = 1.0 / 24.0, regularization: float | None = None,
@@ -130,7 +132,9 @@ class Landau:
             raise ValueError(f"the Landau equation needs dimension d >= 2, got x of shape {tuple(v.shape)}")
         delta = self.delta(v)
         vn, sn = _numpy64(v), _numpy64(s)
-        if self.random_batch_size is None:
+        if self.random_batch_size is None and self.gamma == 0.0:
+            out = landau_kernels.landau_velocity_maxwell(vn, sn, self.B)
+        elif self.random_batch_size is None:
             out = landau_kernels.landau_velocity(vn, sn, self.gamma, self.B, delta)
         else:
             if self.permutation is None or len(self.permutation) != n:

@@ -87,6 +87,7 @@ class BKWProblem(Problem):
 
     Starts at ``t0 = log((d+2)/2)/(2B(d−1))`` from exact samples of ``f(t0)``; exact density
     and score at every time (:class:`particlescore.distributions.BKW`); mean 0, covariance I.
+    ``random_batch_size``: use the random batch method (:class:`~particlescore.physics.Landau`).
     """
 
     name = "bkw"
@@ -139,7 +140,8 @@ class AnisotropicMaxwell(Problem):
     moments obey the closed linear ODE ``dΣ/dt = 4B(tr Σ·I − d·Σ)`` (weak form with
     ``φ = v_k v_l`` and integration by parts), so for any initial law
     ``Σ(t) = Σ∞ − (Σ∞ − Σ0) e^{−4dBt}``, ``Σ∞ = tr(Σ0)/d·I`` (DESIGN §5). The density is
-    not known in closed form (a Gaussian does not stay Gaussian).
+    not known in closed form (a Gaussian does not stay Gaussian). ``random_batch_size``: use
+    the random batch method (:class:`~particlescore.physics.Landau`).
     """
 
     name = "anisotropic_maxwell"

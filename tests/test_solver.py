@@ -8,14 +8,25 @@ import torch
 
 import particlescore
 from particlescore.distributions import Gaussian
-from particlescore.estimators import KDE, Blob, Exact, ScoreEstimator
+from particlescore.estimators import KDE, Blob, Exact
 from particlescore.metrics import relative_score_mse
 from particlescore.problems import (AnisotropicMaxwell, BKWProblem, MovingTrap, OrnsteinUhlenbeck,
                                     PureDiffusion)
 from particlescore.sbtm import SBTM
 from particlescore.solver import Euler, Heun, simulate, step_generator
+from particlescore.trajectory import open_trajectory
 
 F64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """The test machine has 2 cores shared with other jobs; torch's intra-op thread pool on a
+    saturated machine makes these small problems ~50x slower, so run them single-threaded."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 class CountingKDE(KDE):
@@ -202,7 +213,7 @@ def test_trajectory_file_attributes_and_contents(tmp_path):
     path = tmp_path / "run.nc"
     sol = simulate(problem, KDE(), n=16, dt=0.1, t_end=0.4, save_every=2, seed=3, out=path, progress=False,
                    config={"note": "test"})
-    ds = particlescore.trajectory.open_trajectory(path)
+    ds = open_trajectory(path)
     assert sol.path == str(path)
     np.testing.assert_array_equal(ds["velocity"].values, sol.states)
     np.testing.assert_array_equal(ds["step"].values, [0, 2, 4])
@@ -226,7 +237,7 @@ def test_kill_and_resume_gives_the_same_final_state(tmp_path):
     assert np.array_equal(resumed.states[-1], full.states[-1])
     assert list(resumed.steps) == list(range(11))
     np.testing.assert_array_equal(resumed.states, full.states)
-    ds = particlescore.trajectory.open_trajectory(tmp_path / "b.nc")
+    ds = open_trajectory(tmp_path / "b.nc")
     np.testing.assert_array_equal(ds["step"].values, np.arange(11))
     np.testing.assert_array_equal(ds["velocity"].values[-1], full.states[-1])
     # A different run cannot continue this file.
