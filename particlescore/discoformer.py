@@ -112,7 +112,7 @@ class DiScoFormer(ScoreEstimator):
 
     def __init__(self, net: DiScoFormerNet, *, adapt_steps: int = 0, adapt_lr: float = 1e-3,
                  warm_start: bool = False, proximal: float = 1e-2, max_drift: float = 0.5,
-                 adapt_points: int = 1024, source: str = "<in memory>", sha256: str | None = None):
+                 adapt_points: int = 256, source: str = "<in memory>", sha256: str | None = None):
         if not isinstance(adapt_steps, int) or isinstance(adapt_steps, bool) or adapt_steps < 0:
             raise ValueError(f"adapt_steps must be a non-negative int, got {adapt_steps!r}")
         if not adapt_lr > 0:
@@ -173,9 +173,13 @@ class DiScoFormer(ScoreEstimator):
 
     def _consistency(self, ctx: torch.Tensor, ctx_layers, qry_w: torch.Tensor, create_graph: bool) -> torch.Tensor:
         """``mean_i ‖S_i − ∇_y T_i‖²`` in whitened coordinates at ``qry_w`` (1, m, d)."""
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
         qry_w = qry_w.detach().requires_grad_(True)
-        log_w, score_w = self.net.decode_queries(ctx, ctx_layers, qry_w)     # (1, m), (1, m, d)
-        grad_log, = torch.autograd.grad(log_w.sum(), qry_w, create_graph=create_graph)  # (1, m, d)
+        # the fused CPU attention kernels have no double backward; the math kernel does
+        with sdpa_kernel(SDPBackend.MATH):
+            log_w, score_w = self.net.decode_queries(ctx, ctx_layers, qry_w)  # (1, m), (1, m, d)
+            grad_log, = torch.autograd.grad(log_w.sum(), qry_w, create_graph=create_graph)  # (1, m, d)
         return ((score_w - grad_log) ** 2).sum(-1).mean()
 
     def _prepare(self, x: torch.Tensor):
@@ -225,7 +229,7 @@ class DiScoFormer(ScoreEstimator):
         x, _ = as_particles(context, "context")
         self._check(x)
         ctx_w, ctx_layers = self._prepare(x)
-        return float(self._consistency(ctx_w, ctx_layers, self._adaptation_queries(ctx_w), create_graph=False))
+        return float(self._consistency(ctx_w, ctx_layers, self._adaptation_queries(ctx_w), create_graph=False).detach())
 
     def _evaluate(self, context, queries):
         self._check(context)
@@ -236,7 +240,7 @@ class DiScoFormer(ScoreEstimator):
             ctx_w, ctx_layers = self._prepare(context)
             self._adapt(ctx_w, ctx_layers)
             self._last_consistency = float(self._consistency(ctx_w, ctx_layers, self._adaptation_queries(ctx_w),
-                                                             create_graph=False))
+                                                             create_graph=False).detach())
         with torch.no_grad():
             log_f, score = self.net(context.to(dtype)[None], queries.to(dtype)[None])  # (1, m), (1, m, d)
         return log_f[0].to(context.dtype), score[0].to(context.dtype)
