@@ -224,10 +224,10 @@ class DiScoFormerNet(nn.Module):
             layers.append(tokens)
         return layers
 
-    def decode_queries(self, ctx_w, ctx_layers, qry_w):
-        """Whitened log-density (B,m) and score (B,m,d) at whitened queries."""
+    def query_features(self, ctx_w, ctx_layers, qry_w):
+        """Everything upstream of the head: query tokens (B,m,W), candidate scores (B,m,K,d)
+        and candidate log-densities (B,m,K). Test-time adaptation never changes these."""
         B, n, d = ctx_w.shape
-        K = self.n_candidates
         scott = n ** (-1.0 / (d + 4))
         cand_s, cand_l, desc = kernel_bank(ctx_w, qry_w, [c * scott for c in self.config.kde_bandwidths],
                                            [c * scott for c in self.config.local_bandwidths], self.config.local_ridge)
@@ -236,12 +236,21 @@ class DiScoFormerNet(nn.Module):
         tokens = self.embed_qry(feats)                                       # (B, m, W)
         for block, source in zip(self.qry_blocks, ctx_layers):
             tokens = block(tokens, source)                                   # (B, m, W)
+        return tokens, cand_s, cand_l
+
+    def heads(self, tokens, cand_s, cand_l):
+        """Gated candidates plus residuals: whitened log-density (B,m) and score (B,m,d)."""
+        K, d = self.n_candidates, self.config.dim
         out = self.head(self.ln_out(tokens))                                 # (B, m, 2K + d + 1)
         gate_s = torch.softmax(out[..., :K], -1)                             # (B, m, K)
         gate_l = torch.softmax(out[..., K:2 * K], -1)                        # (B, m, K)
         score = (gate_s[..., None] * cand_s).sum(-2) + out[..., 2 * K:2 * K + d]   # (B, m, d)
         log_density = (gate_l * cand_l).sum(-1) + out[..., -1]               # (B, m)
         return log_density, score
+
+    def decode_queries(self, ctx_w, ctx_layers, qry_w):
+        """Whitened log-density (B,m) and score (B,m,d) at whitened queries."""
+        return self.heads(*self.query_features(ctx_w, ctx_layers, qry_w))
 
     def forward(self, context: torch.Tensor, queries: torch.Tensor, chunk: int | None = None):
         """Log-density (B,m) and score (B,m,d) of the distribution behind ``context`` at ``queries``."""

@@ -16,30 +16,54 @@ from .estimators import ScoreEstimator
 __all__ = ["SBTM"]
 
 
+LOSSES = ("denoising", "implicit")
+
+
 class SBTM(ScoreEstimator):
     """Per-simulation neural score ``s_θ: R^d → R^d`` trained on the current particles.
 
     Network: MLP ``d → hidden → … → hidden → d`` (``layers`` hidden layers, softplus
-    activations, float64). At each call it takes ``steps_per_call`` Adam steps (learning rate
-    ``lr``) on the implicit score-matching loss (Hyvärinen 2005) over the context particles,
+    activations, float64). At each call it takes ``steps_per_call`` AdamW steps (learning rate
+    ``lr``, decoupled weight decay ``weight_decay``, gradient norm clipped at ``grad_clip``;
+    ``None`` disables clipping) on one of two score-matching losses over the context particles
+    ``x_1..x_n``:
 
-        ``L(θ) = mean_i (|s_θ(x_i)|² + 2 ∇·s_θ(x_i))``,
+    * ``loss="denoising"`` (default): denoising score matching (Vincent, "A connection between
+      score matching and denoising autoencoders", Neural Computation 2011),
 
-    whose minimiser over all fields is the score of the particles' law; the divergence is exact
-    (forward-mode Jacobian trace through the MLP) when ``hutchinson_probes = 0`` and a
-    Hutchinson estimate with that many Rademacher probes otherwise (for large ``d``). Chosen over denoising score matching
-    because it has no noise-scale bias. The network and the Adam state are kept between calls
-    (warm start: the solver's mode); :meth:`reset` reinitialises them.
+          ``L(θ) = mean_i E_ξ |σ s_θ(x_i + σξ) + ξ|²,  ξ ~ N(0, I)``,
+
+      with ``noise_pairs`` antithetic pairs ``(ξ, −ξ)`` per particle and step (the pair
+      cancels the O(1/σ) term of the estimator, leaving a finite-difference divergence),
+      fresh noise at every step. Its minimiser over all fields is the score of the
+      particles' empirical law smoothed by ``N(0, σ²I)``, so this loss has a minimum on a
+      finite particle set (it is the Gaussian-KDE score with bandwidth ``σ``); the network's
+      smoothness and the warm start across time steps do the rest of the regularisation.
+      The price is an ``O(σ²)`` smoothing bias. ``σ`` follows the ensemble at every call:
+      ``σ = noise_scale · std(x) · n^{−1/(d+4)}`` with ``std(x) = (tr Σ̂ / d)^{1/2}`` (``Σ̂`` the
+      particles' covariance), i.e. ``noise_scale`` times an isotropic Scott bandwidth.
+    * ``loss="implicit"``: implicit score matching (Hyvärinen 2005),
+      ``L(θ) = mean_i (|s_θ(x_i)|² + 2 ∇·s_θ(x_i))``, divergence exact (forward-mode Jacobian
+      trace through the MLP) when ``hutchinson_probes = 0`` and a Hutchinson estimate with that
+      many Rademacher probes otherwise. No smoothing bias, but on a finite particle set it is
+      unbounded below (the network can grow ever-sharper spikes at the particles): with
+      repeated training it overfits and the score error blows up (measured on BKW, d = 3,
+      n = 500: 21 % → 660 % relative score error within one time unit). Kept for comparison.
+
+    The network and the optimiser state are kept between calls (warm start: the solver's
+    mode); :meth:`reset` reinitialises them.
 
     ``initial_score``: optional callable ``x -> ∇ log f0(x)`` (torch (n, d) -> (n, d)); at the
     first call the network is fitted to it at the particles by ``initial_fit_steps`` Adam steps
-    on the mean squared error, and no implicit-loss steps are taken at that call (the first
-    network is the exact initial score, as in Boffi & Vanden-Eijnden).
+    (learning rate ``initial_fit_lr``, own optimiser) on the mean squared error, and no
+    score-matching steps are taken at that call (the first network is the exact initial score,
+    as in Boffi & Vanden-Eijnden). The training optimiser starts fresh after this fit.
 
     SBTM gives no density: ``log_density`` is an array of NaN (the solver then records
-    ``entropy = NaN``). Randomness (initialisation, Hutchinson probes) comes from a private
-    ``torch.Generator`` seeded with ``seed``. :meth:`diagnostics` returns the last training loss
-    as ``sbtm_loss``.
+    ``entropy = NaN``). Randomness (initialisation, denoising noise, Hutchinson probes) comes
+    from a private ``torch.Generator`` seeded with ``seed``. :meth:`diagnostics` returns the
+    last training loss as ``sbtm_loss`` and the noise level ``σ`` of the last call as
+    ``sbtm_noise_level`` (NaN for the implicit loss or before any training step).
     """
 
     min_particles = 2
@@ -47,15 +71,27 @@ class SBTM(ScoreEstimator):
 
     def __init__(self, hidden: int = 64, layers: int = 2, steps_per_call: int = 25, lr: float = 1e-3,
                  initial_score: Callable | None = None, initial_fit_steps: int = 500,
-                 hutchinson_probes: int = 0, seed: int = 0):
+                 hutchinson_probes: int = 0, seed: int = 0, loss: str = "denoising",
+                 noise_scale: float = 0.5, noise_pairs: int = 1, weight_decay: float = 0.0,
+                 grad_clip: float | None = None, initial_fit_lr: float = 1e-2):
         for name, value, minimum in (("hidden", hidden, 1), ("layers", layers, 1),
                                      ("steps_per_call", steps_per_call, 0),
                                      ("initial_fit_steps", initial_fit_steps, 0),
-                                     ("hutchinson_probes", hutchinson_probes, 0), ("seed", seed, 0)):
+                                     ("hutchinson_probes", hutchinson_probes, 0), ("seed", seed, 0),
+                                     ("noise_pairs", noise_pairs, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
-            raise ValueError(f"lr must be a positive finite float, got {lr!r}")
+        for name, value in (("lr", lr), ("noise_scale", noise_scale), ("initial_fit_lr", initial_fit_lr)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive finite float, got {value!r}")
+        if (isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float))
+                or not (math.isfinite(weight_decay) and weight_decay >= 0)):
+            raise ValueError(f"weight_decay must be a finite float >= 0, got {weight_decay!r}")
+        if grad_clip is not None and (isinstance(grad_clip, bool) or not isinstance(grad_clip, (int, float))
+                                      or not (math.isfinite(grad_clip) and grad_clip > 0)):
+            raise ValueError(f"grad_clip must be a positive finite float or None, got {grad_clip!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(repr(v) for v in LOSSES)}, got {loss!r}")
         if initial_score is not None and not callable(initial_score):
             raise ValueError(f"initial_score must be a callable x -> score or None, got {type(initial_score).__name__}")
         self.hidden = hidden
@@ -64,8 +100,14 @@ class SBTM(ScoreEstimator):
         self.lr = float(lr)
         self.initial_score = initial_score
         self.initial_fit_steps = initial_fit_steps
+        self.initial_fit_lr = float(initial_fit_lr)
         self.hutchinson_probes = hutchinson_probes
         self.seed = seed
+        self.loss = loss
+        self.noise_scale = float(noise_scale)
+        self.noise_pairs = noise_pairs
+        self.weight_decay = float(weight_decay)
+        self.grad_clip = None if grad_clip is None else float(grad_clip)
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -75,6 +117,7 @@ class SBTM(ScoreEstimator):
         self.optimizer: torch.optim.Optimizer | None = None
         self.generator = torch.Generator().manual_seed(self.seed)
         self.last_loss = math.nan
+        self.last_noise_level = math.nan
         self.calls = 0
 
     def _build(self, dim: int) -> None:
@@ -90,9 +133,32 @@ class SBTM(ScoreEstimator):
             if i < len(sizes) - 2:
                 modules.append(torch.nn.Softplus())
         self.net = torch.nn.Sequential(*modules)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
+        self.optimizer = self._new_optimizer()
+
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
     # ------------------------------------------------------------------ losses
+    def noise_level(self, x: torch.Tensor) -> float:
+        """``σ = noise_scale · (tr Σ̂ / d)^{1/2} · n^{−1/(d+4)}`` for particles ``x`` (n, d)."""
+        n, d = x.shape
+        x = x.detach().to(torch.float64)
+        spread = float(((x - x.mean(0)) ** 2).sum(1).mean() / d) ** 0.5
+        if not (math.isfinite(spread) and spread > 0):
+            raise ValueError(f"SBTM needs particles with a finite, nonzero spread to set the noise level, "
+                             f"got per-coordinate std {spread!r}")
+        return self.noise_scale * spread * n ** (-1.0 / (d + 4))
+
+    def denoising_loss(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """``mean E|σ s_θ(x + σξ) + ξ|²`` over ``noise_pairs`` antithetic pairs ``±ξ`` per particle
+        (differentiable in θ; draws the noise from the estimator's generator)."""
+        x = x.detach().to(torch.float64)
+        n, d = x.shape
+        xi = torch.randn((self.noise_pairs, n, d), generator=self.generator, dtype=torch.float64).to(x.device)
+        xi = torch.cat([xi, -xi])                                                    # (2p, n, d)
+        s = self.net((x + sigma * xi).reshape(-1, d)).reshape(xi.shape)
+        return ((sigma * s + xi) ** 2).sum(-1).mean()
+
     def _score_and_divergence(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``s_θ(x)`` and ``∇·s_θ(x)`` in one forward pass (differentiable in θ).
 
@@ -104,10 +170,10 @@ class SBTM(ScoreEstimator):
         n, d = x.shape
         if self.hutchinson_probes == 0:
             probes = None
-            tangent = torch.eye(d, dtype=x.dtype).expand(n, d, d)                   # (n, d, q=d)
+            tangent = torch.eye(d, dtype=x.dtype, device=x.device).expand(n, d, d)   # (n, d, q=d)
         else:
             probes = torch.randint(0, 2, (n, d, self.hutchinson_probes), generator=self.generator)
-            probes = probes.to(x.dtype) * 2.0 - 1.0
+            probes = probes.to(dtype=x.dtype, device=x.device) * 2.0 - 1.0
             tangent = probes                                                         # (n, d, q=p)
         h = x
         linears = [m for m in self.net if isinstance(m, torch.nn.Linear)]
@@ -129,12 +195,15 @@ class SBTM(ScoreEstimator):
         s, div = self._score_and_divergence(x.detach().to(torch.float64))
         return ((s * s).sum(1) + 2.0 * div).mean()
 
-    def _train(self, loss_fn, steps: int) -> None:
+    def _train(self, optimizer: torch.optim.Optimizer, loss_fn, steps: int, clip: float | None) -> None:
+        params = list(self.net.parameters())
         for _ in range(steps):
-            self.optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             loss = loss_fn()
             loss.backward()
-            self.optimizer.step()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            optimizer.step()
             self.last_loss = float(loss.detach())
 
     # ------------------------------------------------------------------ estimator interface
@@ -151,9 +220,15 @@ class SBTM(ScoreEstimator):
                 target = torch.as_tensor(self.initial_score(x), dtype=torch.float64).detach()
                 if target.shape != x.shape:
                     raise ValueError(f"initial_score returned shape {tuple(target.shape)}, expected {tuple(x.shape)}")
-                self._train(lambda: ((self.net(x) - target) ** 2).sum(1).mean(), self.initial_fit_steps)
+                fit = torch.optim.Adam(self.net.parameters(), lr=self.initial_fit_lr)
+                self._train(fit, lambda: ((self.net(x) - target) ** 2).sum(1).mean(), self.initial_fit_steps, None)
+                self.optimizer = self._new_optimizer()
+            elif self.loss == "denoising":
+                sigma = self.noise_level(x)
+                self.last_noise_level = sigma
+                self._train(self.optimizer, lambda: self.denoising_loss(x, sigma), self.steps_per_call, self.grad_clip)
             else:
-                self._train(lambda: self.implicit_loss(x), self.steps_per_call)
+                self._train(self.optimizer, lambda: self.implicit_loss(x), self.steps_per_call, self.grad_clip)
         self.calls += 1
         with torch.no_grad():
             score = self.net(queries.detach().to(torch.float64))
@@ -161,10 +236,15 @@ class SBTM(ScoreEstimator):
         return log_density, score.to(dtype=queries.dtype, device=queries.device)
 
     def diagnostics(self) -> dict[str, float]:
-        return {"sbtm_loss": self.last_loss}
+        return {"sbtm_loss": self.last_loss, "sbtm_noise_level": self.last_noise_level}
 
     def describe(self) -> dict:
+        loss = ("denoising score matching (Vincent 2011)" if self.loss == "denoising"
+                else "implicit score matching (Hyvärinen 2005)")
         return {"estimator": "SBTM", "hidden": self.hidden, "layers": self.layers,
-                "steps_per_call": self.steps_per_call, "lr": self.lr, "loss": "implicit score matching",
+                "steps_per_call": self.steps_per_call, "lr": self.lr, "loss": loss,
+                "noise_scale": self.noise_scale, "noise_pairs": self.noise_pairs,
+                "weight_decay": self.weight_decay, "grad_clip": self.grad_clip,
                 "hutchinson_probes": self.hutchinson_probes, "initial_fit_steps": self.initial_fit_steps,
-                "initial_score": self.initial_score is not None, "seed": self.seed}
+                "initial_fit_lr": self.initial_fit_lr, "initial_score": self.initial_score is not None,
+                "seed": self.seed}
