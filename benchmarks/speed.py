@@ -1,11 +1,14 @@
 """Forward time and peak memory vs n for DiScoFormer, KDE and blob (d = 3), in one run, and
 the model's achieved FLOP/s as a fraction of this machine's dense matmul FLOP/s.
 
-    python benchmarks/speed.py [--min-log2 8] [--max-log2 17] [--dim 3]
+    python benchmarks/speed.py [--min-log2 8] [--max-log2 15] [--large-log2 16 17] [--dim 3]
 
-Queries = context (n×n pair work, as in a solver step). Memory: peak RSS growth of the
-process during the call (``resource.getrusage``), the same probe for all three. The model's
-FLOPs are counted from its shapes (matmuls and attention only).
+Table 1: queries = context (n×n pair work, as in a solver step) for n = 2^min … 2^max.
+Table 2: large contexts (n = 2^16, 2^17) with 1024 queries, DiScoFormer and KDE (the blob
+score needs the mollified sum at every particle, an n² pass whatever the queries, so it is
+measured in table 1 only). Memory: peak RSS growth of the process during the call
+(``resource.getrusage``), the same probe for all. The model's FLOPs are counted from its
+shapes (matmuls, attention and kernel-bank pair terms).
 """
 import argparse
 import resource
@@ -52,7 +55,9 @@ def model_flops(config, n, m):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--min-log2", type=int, default=8)
-    parser.add_argument("--max-log2", type=int, default=17)
+    parser.add_argument("--max-log2", type=int, default=15)
+    parser.add_argument("--large-log2", type=int, nargs="*", default=[16, 17])
+    parser.add_argument("--large-queries", type=int, default=1024)
     parser.add_argument("--dim", type=int, default=3)
     args = parser.parse_args()
     if args.dim not in available_dims():
@@ -73,6 +78,18 @@ def main():
         rate = model_flops(model.net.config, n, n) / t_model
         print(f"{n:>7} | {t_model:13.3f} {m_model:7.0f} {rate / 1e9:8.1f} {rate / peak:7.1%} | {t_kde:8.3f} {m_kde:7.0f} | "
               f"{t_blob:8.3f} {m_blob:7.0f} | {t_model / t_kde:9.2f} {t_blob / t_kde:8.2f}", flush=True)
+    m = args.large_queries
+    print(f"\nlarge contexts, {m} queries")
+    print(f"{'n':>7} | {'DiScoFormer s':>13} {'+MiB':>7} {'GFLOP/s':>8} {'of peak':>7} | {'KDE s':>8} {'+MiB':>7} | {'model/KDE':>9}")
+    for k in args.large_log2:
+        n = 2 ** k
+        x = torch.from_numpy(rng.normal(size=(n, args.dim)))
+        y = x[:m]
+        t_model, m_model = timed(lambda: model(x, y))
+        t_kde, m_kde = timed(lambda: ps.KDE()(x, y))
+        rate = model_flops(model.net.config, n, m) / t_model
+        print(f"{n:>7} | {t_model:13.3f} {m_model:7.0f} {rate / 1e9:8.1f} {rate / peak:7.1%} | {t_kde:8.3f} {m_kde:7.0f} | "
+              f"{t_model / t_kde:9.2f}", flush=True)
 
 
 if __name__ == "__main__":

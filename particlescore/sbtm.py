@@ -139,6 +139,8 @@ class SBTM(ScoreEstimator):
         return torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
     # ------------------------------------------------------------------ losses
+    _variant = "iso"   # EXPERIMENT: "iso" | "full" | "shrink"
+
     def noise_level(self, x: torch.Tensor) -> float:
         """``σ = noise_scale · (tr Σ̂ / d)^{1/2} · n^{−1/(d+4)}`` for particles ``x`` (n, d)."""
         n, d = x.shape
@@ -149,15 +151,27 @@ class SBTM(ScoreEstimator):
                              f"got per-coordinate std {spread!r}")
         return self.noise_scale * spread * n ** (-1.0 / (d + 4))
 
-    def denoising_loss(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        """``mean E|σ s_θ(x + σξ) + ξ|²`` over ``noise_pairs`` antithetic pairs ``±ξ`` per particle
-        (differentiable in θ; draws the noise from the estimator's generator)."""
-        x = x.detach().to(torch.float64)
+    def _noise_setup(self, x):
         n, d = x.shape
-        xi = torch.randn((self.noise_pairs, n, d), generator=self.generator, dtype=torch.float64).to(x.device)
+        h = self.noise_scale * n ** (-1.0 / (d + 4))
+        mu = x.mean(0)
+        if self._variant == "iso":
+            sigma = self.noise_level(x)
+            return x, sigma * torch.eye(d, dtype=x.dtype), sigma
+        c = (x - mu).T @ (x - mu) / n
+        c = c + 1e-10 * torch.trace(c) / d * torch.eye(d, dtype=x.dtype)
+        L = torch.linalg.cholesky(c)
+        if self._variant == "full":
+            return x, h * L, h
+        a = math.sqrt(1 - h * h)
+        return mu + a * (x - mu), h * L, h
+
+    def denoising_loss(self, centres: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+        n, d = centres.shape
+        xi = torch.randn((self.noise_pairs, n, d), generator=self.generator, dtype=torch.float64).to(centres.device)
         xi = torch.cat([xi, -xi])                                                    # (2p, n, d)
-        s = self.net((x + sigma * xi).reshape(-1, d)).reshape(xi.shape)
-        return ((sigma * s + xi) ** 2).sum(-1).mean()
+        s = self.net((centres + xi @ L.T).reshape(-1, d)).reshape(xi.shape)
+        return ((s @ L + xi) ** 2).sum(-1).mean()
 
     def _score_and_divergence(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``s_θ(x)`` and ``∇·s_θ(x)`` in one forward pass (differentiable in θ).
@@ -224,9 +238,9 @@ class SBTM(ScoreEstimator):
                 self._train(fit, lambda: ((self.net(x) - target) ** 2).sum(1).mean(), self.initial_fit_steps, None)
                 self.optimizer = self._new_optimizer()
             elif self.loss == "denoising":
-                sigma = self.noise_level(x)
+                centres, L, sigma = self._noise_setup(x)
                 self.last_noise_level = sigma
-                self._train(self.optimizer, lambda: self.denoising_loss(x, sigma), self.steps_per_call, self.grad_clip)
+                self._train(self.optimizer, lambda: self.denoising_loss(centres, L), self.steps_per_call, self.grad_clip)
             else:
                 self._train(self.optimizer, lambda: self.implicit_loss(x), self.steps_per_call, self.grad_clip)
         self.calls += 1

@@ -160,17 +160,17 @@ def _drift(est):
 
 
 def test_adaptation_lowers_consistency_loss_and_warm_start_carries_state():
-    x = StudentT(2, 3.0).sample(256, generator=torch.Generator().manual_seed(0))
+    x = StudentT(2, 3.0).sample(128, generator=torch.Generator().manual_seed(0))
     cold = random_net(2)
     before = cold.consistency_loss(x)
-    cold.adapt_steps = 8
+    cold.adapt_steps = 6
     cold.adapt_lr = 1e-2
     cold(x)
     after = cold.diagnostics()["consistency_loss"]
     assert after < before, (before, after)
     # warm start: the second call continues from the first call's adapted head
     warm = random_net(2)
-    warm.adapt_steps, warm.adapt_lr, warm.warm_start = 8, 1e-2, True
+    warm.adapt_steps, warm.adapt_lr, warm.warm_start = 6, 1e-2, True
     warm(x)
     one_call = [p.clone() for p in warm.net.adaptable_parameters()]
     warm(x)
@@ -181,7 +181,8 @@ def test_adaptation_lowers_consistency_loss_and_warm_start_carries_state():
     warm.reset()
     assert _drift(warm) == 0.0
     # drift stays inside the trust ball whatever the number of calls
-    for _ in range(5):
+    warm.adapt_lr = 1.0  # a huge step size: without the projection the head would run away
+    for _ in range(2):
         warm(x)
     radius = warm.max_drift ** 2 * sum(float((p0 ** 2).sum()) for p0 in warm._pretrained)
     assert _drift(warm) <= radius * (1 + 1e-6)

@@ -19,16 +19,6 @@ from particlescore.trajectory import open_trajectory
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The test machine has 2 cores shared with other jobs; torch's intra-op thread pool on a
-    saturated machine makes these small problems ~50x slower, so run them single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class CountingKDE(KDE):
     """KDE that counts its calls."""
 
