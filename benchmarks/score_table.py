@@ -61,9 +61,10 @@ def main():
     parser.add_argument("--sizes", type=int, nargs="*", default=[256, 1024, 4096, 16384])
     parser.add_argument("--mixtures", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/score_table.md"))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)")
     parser.add_argument("--no-out-of-family", action="store_true", help="skip the Student-t / Laplace table")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     text = ["## Relative score MSE (%) and log-density MSE on random Gaussian mixtures", ""]
     text += score_table(args.dims, args.sizes, args.mixtures)
     if not args.no_out_of_family:

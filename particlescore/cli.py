@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     run.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     run.add_argument("--no-progress", action="store_true", dest="no_progress", help="no progress bar")
+    run.add_argument("--threads", type=int, default=1,
+                     help="torch threads (default 1: a step's work at n ~ 10^3 is too small to gain from more, "
+                          "and oversubscribed cores make it far slower)")
 
     info = commands.add_parser("info", help="describe a trajectory file")
     info.add_argument("file", metavar="FILE")
@@ -154,6 +157,10 @@ def _cmd_run(args) -> int:
     if args.resume:
         _check_resumable(out, cfg, problem.state_name)
     from .solver import simulate
+    if args.threads < 1:
+        return _fail(f"--threads must be >= 1, got {args.threads}", 2)
+    import torch
+    torch.set_num_threads(args.threads)
     print(f"{PROG}: {cfg.problem.name} d={cfg.problem.dim}, estimator {cfg.estimator.name}, n={cfg.run.n}, "
           f"dt={cfg.run.dt}, t_end={cfg.run.t_end} -> {out}", file=sys.stderr)
     start = _time.perf_counter()

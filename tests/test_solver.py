@@ -251,7 +251,7 @@ def test_sbtm_fits_the_initial_score_and_is_seeded():
     # 150 Adam steps on a smooth linear target (measured relative MSE 1.5e-4); tolerance 1e-2.
     assert relative_score_mse(s, law.score(x)) < 0.01
     assert torch.equal(s, make()(x)[1])
-    # Later calls train on the implicit loss from the warm start; the fit stays close to the
+    # Later calls train on the denoising score-matching loss from the warm start; the fit stays close to the
     # truth (measured 0.014–0.020 over 3 calls of 10 steps); tolerance 0.1.
     for _ in range(3):
         _, s = est(x)
