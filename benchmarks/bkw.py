@@ -1,7 +1,7 @@
 """BKW exact solution of the Maxwell-molecule Landau equation: score error over time per estimator.
 
     python benchmarks/bkw.py [--dims 2 3] [--n 500] [--dt 0.01] [--duration 5] [--seed 0]
-        [--estimators discoformer-0 discoformer-4 kde blob sbtm exact]
+        [--estimators discoformer-0 discoformer-tta kde blob sbtm exact]
         [--out-dir benchmarks/results]
 
 Problem (DESIGN §5): ``BKWProblem(d)`` with ``B = 1/24``, started at
@@ -56,7 +56,7 @@ def main(argv=None):
     parser.add_argument("--duration", type=float, default=5.0, help="time run after t0 (t_end = t0 + duration)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--estimators", nargs="+", choices=list(LABELS),
-                        default=["discoformer-0", "discoformer-4", "kde", "blob", "sbtm", "exact"])
+                        default=["discoformer-0", "discoformer-tta", "kde", "blob", "sbtm", "exact"])
     parser.add_argument("--save-points", type=int, default=40, help="about this many saved times per run")
     parser.add_argument("--threads", type=int, default=1, help="torch/numba threads (default 1)")
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
