@@ -168,19 +168,20 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm block: ``x + Attn(LN x, LN source)``, then ``x + MLP(LN x)``."""
+    """Pre-norm block: ``x + Attn(LN x, LN source)`` (self-attention when ``cross`` is False),
+    then ``x + MLP(LN x)``."""
 
-    def __init__(self, width: int, n_heads: int, mlp_ratio: int):
+    def __init__(self, width: int, n_heads: int, mlp_ratio: int, cross: bool):
         super().__init__()
         self.ln_x = nn.LayerNorm(width)
-        self.ln_src = nn.LayerNorm(width)
+        self.ln_src = nn.LayerNorm(width) if cross else None
         self.attn = Attention(width, n_heads)
         self.ln_mlp = nn.LayerNorm(width)
         self.mlp = MLP(width, mlp_ratio)
 
     def forward(self, x, source=None):
         x_n = self.ln_x(x)
-        src = x_n if source is None else self.ln_src(source)
+        src = x_n if self.ln_src is None else self.ln_src(source)
         x = x + self.attn(x_n, src)
         return x + self.mlp(self.ln_mlp(x))
 
@@ -195,8 +196,8 @@ class DiScoFormerNet(nn.Module):
         K = len(c.kde_bandwidths) + len(c.local_bandwidths)
         self.embed_ctx = nn.Linear(c.dim + 1, c.width)
         self.embed_qry = nn.Linear(c.dim + 2 + K * N_DESCRIPTORS, c.width)
-        self.ctx_blocks = nn.ModuleList([Block(c.width, c.n_heads, c.mlp_ratio) for _ in range(c.n_layers)])
-        self.qry_blocks = nn.ModuleList([Block(c.width, c.n_heads, c.mlp_ratio) for _ in range(c.n_layers)])
+        self.ctx_blocks = nn.ModuleList([Block(c.width, c.n_heads, c.mlp_ratio, cross=False) for _ in range(c.n_layers)])
+        self.qry_blocks = nn.ModuleList([Block(c.width, c.n_heads, c.mlp_ratio, cross=True) for _ in range(c.n_layers)])
         self.ln_out = nn.LayerNorm(c.width)
         self.head = nn.Linear(c.width, 2 * K + c.dim + 1)   # score gates (K), log-density gates (K), residuals
         nn.init.zeros_(self.head.weight)
