@@ -19,10 +19,13 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ._validation import as_particles, check_min_particles
 from .estimators import ScoreEstimator
-from .model import DiScoFormerConfig, DiScoFormerNet
+from .model import DiScoFormerConfig, DiScoFormerNet, to_whitened, whiten
 
 __all__ = ["DiScoFormer", "save_weights", "load_weights", "WEIGHTS_DIR", "available_dims"]
 
@@ -55,8 +58,6 @@ def file_sha256(path: str | Path) -> str:
 
 def save_weights(net: DiScoFormerNet, path: str | Path, extra: dict | None = None) -> str:
     """Write ``net`` to a safetensors file with its config (and ``extra``) as metadata; return sha256."""
-    from safetensors.torch import save_file
-
     metadata = {"format": WEIGHTS_FORMAT, "config": json.dumps(net.config.to_dict())}
     for key, value in (extra or {}).items():
         metadata[key] = value if isinstance(value, str) else json.dumps(value)
@@ -67,8 +68,6 @@ def save_weights(net: DiScoFormerNet, path: str | Path, extra: dict | None = Non
 
 def load_weights(path: str | Path) -> tuple[DiScoFormerNet, dict]:
     """Read a weights file written by :func:`save_weights`; ValueError if corrupt or mismatched."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"weights file not found: {path}")
@@ -173,8 +172,6 @@ class DiScoFormer(ScoreEstimator):
 
     def _consistency(self, ctx: torch.Tensor, ctx_layers, qry_w: torch.Tensor, create_graph: bool) -> torch.Tensor:
         """``mean_i ‖S_i − ∇_y T_i‖²`` in whitened coordinates at ``qry_w`` (1, m, d)."""
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
         qry_w = qry_w.detach().requires_grad_(True)
         # the fused CPU attention kernels have no double backward; the math kernel does
         with sdpa_kernel(SDPBackend.MATH):
@@ -183,8 +180,6 @@ class DiScoFormer(ScoreEstimator):
         return ((score_w - grad_log) ** 2).sum(-1).mean()
 
     def _prepare(self, x: torch.Tensor):
-        from .model import to_whitened, whiten
-
         ctx = x.to(self._model_dtype())[None]                                 # (1, n, d)
         mean, chol, log_det = whiten(ctx, self.net.config.whiten_ridge)
         ctx_w = to_whitened(ctx, mean, chol)                                 # (1, n, d)

@@ -16,6 +16,7 @@ import torch
 
 from . import kernels
 from ._validation import as_particles, as_queries, check_min_particles
+from .metrics import relative_score_mse
 
 __all__ = [
     "ScoreEstimator", "KDE", "Blob", "Exact", "oracle_bandwidth",
@@ -264,7 +265,6 @@ def oracle_bandwidth(context, queries, true_score, *, grid: Sequence[float] | No
         grid = scale * np.geomspace(0.05, 3.0, 25)
     grid = np.asarray(grid, dtype=float)
     errors = np.empty(len(grid))
-    from .metrics import relative_score_mse
     for i, h in enumerate(grid):
         est = KDE(float(h)) if isotropic else _FactorKDE(float(h))
         _, s = est._evaluate(x, y)
