@@ -8,7 +8,7 @@ Table 2: large contexts (n = 2^16, 2^17) with 1024 queries, DiScoFormer and KDE 
 score needs the mollified sum at every particle, an n² pass whatever the queries, so it is
 measured in table 1 only). Memory: peak RSS growth of the process during the call
 (``resource.getrusage``), the same probe for all. The model's FLOPs are counted from its
-shapes (matmuls, attention and kernel-bank pair terms).
+shapes (matmuls, attention, kernel-bank pair terms and the EM mixture fit).
 """
 import argparse
 import resource
@@ -49,7 +49,12 @@ def model_flops(config, n, m):
     ctx = L * (n * dense + 4 * n * n * W)
     qry = L * (m * dense + 4 * m * n * W)
     bank = len(config.kde_bandwidths) * 2 * m * n * (2 * d + 1) + len(config.local_bandwidths) * 2 * m * n * (d * d + 2 * d + 1)
-    return ctx + qry + bank
+    # EM mixture fit (float64): per iteration and component, a triangular solve and a covariance
+    # update over the n points (≈ 3d² + 4d multiply-adds each), for K = 2 … K_max after each split
+    k_max = min(config.mixture_components, n // (2 * d)) if config.mixture_components else 0
+    em = sum(config.mixture_iters * k * n * (3 * d * d + 4 * d) * 2 for k in range(2, k_max + 1))
+    em += 2 * m * max(k_max, 1) * (d * d + 3 * d) if k_max else 0
+    return ctx + qry + bank + em
 
 
 def main():

@@ -170,22 +170,23 @@ class DiScoFormer(ScoreEstimator):
                              f"available pretrained dims: {list(available_dims())}")
         check_min_particles(x, self.dim + 1, f"to whiten {self.dim}-dimensional data")
 
-    def _consistency(self, ctx: torch.Tensor, ctx_layers, qry_w: torch.Tensor, create_graph: bool) -> torch.Tensor:
+    def _consistency(self, ctx: torch.Tensor, encoding, qry_w: torch.Tensor, create_graph: bool) -> torch.Tensor:
         """``mean_i ‖S_i − ∇_y T_i‖²`` in whitened coordinates at ``qry_w`` (1, m, d)."""
         qry_w = qry_w.detach().requires_grad_(True)
         # the fused CPU attention kernels have no double backward; the math kernel does
         with sdpa_kernel(SDPBackend.MATH):
-            log_w, score_w = self.net.decode_queries(ctx, ctx_layers, qry_w)  # (1, m), (1, m, d)
+            log_w, score_w = self.net.decode_queries(ctx, encoding, qry_w)  # (1, m), (1, m, d)
             grad_log, = torch.autograd.grad(log_w.sum(), qry_w, create_graph=create_graph)  # (1, m, d)
         return ((score_w - grad_log) ** 2).sum(-1).mean()
 
     def _prepare(self, x: torch.Tensor):
+        """Whitening frame (μ, L, log det L), whitened context (1,n,d) and its encoding."""
         ctx = x.to(self._model_dtype())[None]                                 # (1, n, d)
-        mean, chol, log_det = whiten(ctx, self.net.config.whiten_ridge)
-        ctx_w = to_whitened(ctx, mean, chol)                                 # (1, n, d)
+        frame = whiten(ctx, self.net.config.whiten_ridge)
+        ctx_w = to_whitened(ctx, frame[0], frame[1])                         # (1, n, d)
         with torch.no_grad():
-            ctx_layers = self.net.encode_context(ctx_w)
-        return ctx_w, ctx_layers
+            encoding = self.net.encode_context(ctx_w)
+        return frame, ctx_w, encoding
 
     def _adaptation_queries(self, ctx_w: torch.Tensor) -> torch.Tensor:
         n = ctx_w.shape[1]
@@ -195,7 +196,7 @@ class DiScoFormer(ScoreEstimator):
         idx = torch.randperm(n, generator=g)[: self.adapt_points]
         return ctx_w[:, idx]
 
-    def _adapt(self, ctx_w, ctx_layers) -> None:
+    def _adapt(self, ctx_w, encoding) -> None:
         params = self.net.adaptable_parameters()
         qry_w = self._adaptation_queries(ctx_w)
         for p in params:
@@ -204,7 +205,7 @@ class DiScoFormer(ScoreEstimator):
         try:
             for _ in range(self.adapt_steps):
                 optimizer.zero_grad()
-                loss = self._consistency(ctx_w, ctx_layers, qry_w, create_graph=True)
+                loss = self._consistency(ctx_w, encoding, qry_w, create_graph=True)
                 loss = loss + 0.5 * self.proximal * sum(((p - p0) ** 2).sum() for p, p0 in zip(params, self._pretrained))
                 loss.backward()
                 optimizer.step()
@@ -223,19 +224,18 @@ class DiScoFormer(ScoreEstimator):
         coordinates; on a seeded subsample of ``adapt_points`` points for larger contexts)."""
         x, _ = as_particles(context, "context")
         self._check(x)
-        ctx_w, ctx_layers = self._prepare(x)
-        return float(self._consistency(ctx_w, ctx_layers, self._adaptation_queries(ctx_w), create_graph=False).detach())
+        _, ctx_w, encoding = self._prepare(x)
+        return float(self._consistency(ctx_w, encoding, self._adaptation_queries(ctx_w), create_graph=False).detach())
 
     def _evaluate(self, context, queries):
         self._check(context)
-        dtype = self._model_dtype()
+        frame, ctx_w, encoding = self._prepare(context)
         if self.adapt_steps > 0:
             if not self.warm_start:
                 self.reset()
-            ctx_w, ctx_layers = self._prepare(context)
-            self._adapt(ctx_w, ctx_layers)
-            self._last_consistency = float(self._consistency(ctx_w, ctx_layers, self._adaptation_queries(ctx_w),
+            self._adapt(ctx_w, encoding)
+            self._last_consistency = float(self._consistency(ctx_w, encoding, self._adaptation_queries(ctx_w),
                                                              create_graph=False).detach())
         with torch.no_grad():
-            log_f, score = self.net(context.to(dtype)[None], queries.to(dtype)[None])  # (1, m), (1, m, d)
+            log_f, score = self.net.predict(ctx_w, encoding, frame, queries.to(self._model_dtype())[None])  # (1, m), (1, m, d)
         return log_f[0].to(context.dtype), score[0].to(context.dtype)

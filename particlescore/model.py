@@ -17,8 +17,14 @@ Design (DiScoFormer, arXiv 2511.05924, with one addition measured in the model c
 3. Transformer. Pre-norm blocks without positional encodings: context tokens ``[w, ‖w‖²]``
    attend to each other; query tokens (their coordinates, lift and bank descriptors) attend to
    the context by cross-attention only, so queries never influence each other.
-4. Heads. The query stream gives per-query softmax gates over the bank's candidate scores and
-   log-densities plus a learned residual for each: the network learns which kernel estimate to
+4. In-context Gaussian mixture (optional, ``mixture_components > 0``; the d = 10 weights use it).
+   One more bank candidate: a Gaussian mixture fitted to the whitened context by EM, grown by
+   splitting components along their principal axis (deterministic and permutation invariant),
+   covariances shrunk towards a multiple of I with weight ``shrink·d/(N_k + d)``, the number of
+   components chosen by BIC. Kernel estimates need ~n^{-4/(d+4)} more samples as d grows; a
+   parametric fit does not, which is what the high-dimensional case needs (model card).
+5. Heads. The query stream gives per-query softmax gates over the bank's candidate scores and
+   log-densities plus a learned residual for each: the network learns which estimate to
    trust where, and how to correct it.
 
 Inference is O(n + m) in memory: queries are processed in chunks (``query_chunk``) and
@@ -27,13 +33,15 @@ attention uses ``scaled_dot_product_attention``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["DiScoFormerConfig", "DiScoFormerNet", "whiten", "kernel_bank", "N_DESCRIPTORS"]
+__all__ = ["DiScoFormerConfig", "DiScoFormerNet", "whiten", "kernel_bank", "fit_mixture", "mixture_candidate",
+           "N_DESCRIPTORS"]
 
 
 @dataclass
@@ -48,6 +56,10 @@ class DiScoFormerConfig:
     whiten_ridge: float = 1e-4                 # ε in Σ + ε·diag(Σ)
     local_ridge: float = 1e-3                  # C + ridge·h²·I in the local Gaussian fit
     query_chunk: int = 2048                    # queries per forward chunk at inference
+    mixture_components: int = 0                # max EM mixture components (0: no mixture candidate)
+    mixture_iters: int = 20                    # EM iterations after each split
+    mixture_shrink: float = 0.5                # covariance shrinkage strength (shrink·d/(N_k + d))
+    mixture_ridge: float = 1e-3                # added to every component covariance (whitened units)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,7 +77,8 @@ class DiScoFormerConfig:
         return cls(**values)
 
 
-N_DESCRIPTORS = 3   # per bandwidth: log N_eff, log det C / d − log h², ‖m − y‖/h
+N_DESCRIPTORS = 3   # per candidate: log N_eff, log det C / d − log h², ‖m − y‖/h (mixture: see below)
+LOG_2PI = math.log(2 * math.pi)
 
 
 # --------------------------------------------------------------------------- affine wrapper
@@ -137,6 +150,117 @@ def kernel_bank(ctx: torch.Tensor, qry: torch.Tensor, kde_h: list[float], local_
     return torch.stack(scores, -2), torch.stack(logdens, -1), torch.stack(descs, -1)
 
 
+# --------------------------------------------------------------------------- in-context mixture
+class Mixture(NamedTuple):
+    """Gaussian mixture, padded to a fixed number of components (padding has weight 0)."""
+    log_weight: torch.Tensor   # (B, K)
+    mean: torch.Tensor         # (B, K, d)
+    chol: torch.Tensor         # (B, K, d, d) Cholesky factors of the covariances
+    n_components: torch.Tensor  # (B,) components in use
+
+
+def _component_log_prob(x: torch.Tensor, mix: Mixture):
+    """``log w_k + log N(x | μ_k, Σ_k)`` (B,K,m) and ``x − μ_k`` (B,K,m,d)."""
+    diff = x[:, None] - mix.mean[:, :, None]                                  # (B, K, m, d)
+    z = torch.linalg.solve_triangular(mix.chol, diff.transpose(-1, -2), upper=False)  # (B, K, d, m)
+    log_det = torch.log(mix.chol.diagonal(dim1=-2, dim2=-1)).sum(-1)         # (B, K)
+    d = x.shape[-1]
+    log_p = mix.log_weight[..., None] - 0.5 * (z * z).sum(-2) - log_det[..., None] - 0.5 * d * LOG_2PI  # (B, K, m)
+    return log_p, diff
+
+
+def _em(x: torch.Tensor, mix: Mixture, iters: int, shrink: float, ridge: float) -> tuple[Mixture, torch.Tensor]:
+    """``iters`` EM steps (Dempster, Laird & Rubin 1977) with shrunk covariances; returns the
+    mixture and the log-likelihood (B,)."""
+    B, n, d = x.shape
+    eye = torch.eye(d, dtype=x.dtype, device=x.device)
+    for _ in range(iters):
+        log_p, _ = _component_log_prob(x, mix)                               # (B, K, n)
+        resp = torch.softmax(log_p, 1)                                       # (B, K, n)
+        n_k = resp.sum(-1) + 1e-10                                           # (B, K)
+        mean = (resp @ x) / n_k[..., None]                                   # (B, K, d)
+        diff = x[:, None] - mean[:, :, None]                                 # (B, K, n, d)
+        cov = (resp[..., None] * diff).transpose(-1, -2) @ diff / n_k[..., None, None]  # (B, K, d, d)
+        rho = (shrink * d / (n_k + d)).clamp(max=1.0)[..., None, None]       # (B, K, 1, 1)
+        scale = cov.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]     # (B, K, 1, 1)
+        cov = (1 - rho) * cov + (rho * scale + ridge) * eye                  # (B, K, d, d)
+        mix = Mixture(torch.log(n_k / n), mean, torch.linalg.cholesky(cov), mix.n_components)
+    log_p, _ = _component_log_prob(x, mix)                                   # (B, K, n)
+    return mix, torch.logsumexp(log_p, 1).sum(-1)
+
+
+@torch.no_grad()
+def fit_mixture(x: torch.Tensor, max_components: int, iters: int, shrink: float, ridge: float) -> Mixture:
+    """Gaussian mixture fitted to ``x`` (B,n,d) by EM, grown one split at a time, K by BIC.
+
+    K = 1 is the sample Gaussian; K → K+1 splits the component with the largest
+    ``w_k·λ_max`` into ``μ ± 0.8·√λ·v`` along its principal axis ``v`` (no random
+    initialisation, so the fit is a deterministic, permutation-invariant function of the set).
+    BIC = −2·loglik + p·log n with p = K(d + d(d+1)/2) + K − 1 picks K per batch element;
+    K stops at n/(2d). Runs in float64; returns a mixture padded to ``max_components``.
+    """
+    dtype = x.dtype
+    x = x.double()
+    B, n, d = x.shape
+    eye = torch.eye(d, dtype=x.dtype, device=x.device)
+    rows = torch.arange(B, device=x.device)
+    centred = x - x.mean(1, keepdim=True)                                    # (B, n, d)
+    cov = (centred.transpose(-1, -2) @ centred / n + ridge * eye)[:, None]   # (B, 1, d, d)
+    ones = torch.ones(B, dtype=torch.long, device=x.device)
+    mix, loglik = _em(x, Mixture(torch.zeros(B, 1, dtype=x.dtype, device=x.device), x.mean(1, keepdim=True),
+                                 torch.linalg.cholesky(cov), ones), 0, shrink, ridge)
+
+    def padded(m: Mixture, k: int) -> Mixture:
+        extra = max_components - k
+        return Mixture(F.pad(m.log_weight, (0, extra), value=-math.inf), F.pad(m.mean, (0, 0, 0, extra)),
+                       torch.cat([m.chol, eye.expand(B, extra, d, d)], 1), m.n_components)
+
+    def bic(k: int, ll: torch.Tensor) -> torch.Tensor:
+        return -2 * ll + (k * (d + d * (d + 1) / 2) + k - 1) * math.log(n)
+
+    best, best_bic = padded(mix, 1), bic(1, loglik)
+    for k in range(2, max_components + 1):
+        if k * d > n / 2:
+            break
+        cov = mix.chol @ mix.chol.transpose(-1, -2)                          # (B, k-1, d, d)
+        lam, vec = torch.linalg.eigh(cov)                                    # (B, k-1, d), (B, k-1, d, d)
+        j = (mix.log_weight + torch.log(lam[..., -1])).argmax(1)             # (B,) component to split
+        delta = 0.8 * lam[rows, j, -1, None].sqrt() * vec[rows, j, :, -1]    # (B, d)
+        cov_j = cov[rows, j] - delta[:, :, None] * delta[:, None, :]         # (B, d, d)
+        mean, log_w = mix.mean.clone(), mix.log_weight.clone()
+        mean[rows, j] += delta
+        log_w[rows, j] -= math.log(2)
+        cov[rows, j] = cov_j
+        mix = Mixture(torch.cat([log_w, log_w[rows, j, None]], 1),
+                      torch.cat([mean, (mix.mean[rows, j] - delta)[:, None]], 1),
+                      torch.linalg.cholesky(torch.cat([cov, cov_j[:, None]], 1)), ones * k)
+        mix, loglik = _em(x, mix, iters, shrink, ridge)
+        score = bic(k, loglik)
+        better = score < best_bic                                            # (B,)
+        best = Mixture(*(torch.where(better.view((B,) + (1,) * (new.dim() - 1)), new, old)
+                         for new, old in zip(padded(mix, k), best)))
+        best_bic = torch.where(better, score, best_bic)
+    return Mixture(best.log_weight.to(dtype), best.mean.to(dtype), best.chol.to(dtype), best.n_components)
+
+
+def mixture_candidate(mix: Mixture, qry: torch.Tensor):
+    """The fitted mixture at ``qry`` (B,m,d): score (B,m,d), log-density (B,m) and descriptors
+    (B,m,3): responsibility entropy, √(Mahalanobis²/d) to the likeliest component, and that
+    component's ``log w_k / 10``."""
+    log_p, diff = _component_log_prob(qry, mix)                              # (B, K, m), (B, K, m, d)
+    log_f = torch.logsumexp(log_p, 1)                                        # (B, m)
+    resp = torch.exp(log_p - log_f[:, None])                                 # (B, K, m)
+    comp_score = -torch.cholesky_solve(diff.transpose(-1, -2), mix.chol).transpose(-1, -2)  # (B, K, m, d)
+    score = (resp[..., None] * comp_score).sum(1)                            # (B, m, d)
+    entropy = -(resp * torch.log(resp.clamp_min(1e-30))).sum(1)              # (B, m)
+    top = resp.argmax(1, keepdim=True)                                       # (B, 1, m)
+    maha = -(diff * comp_score).sum(-1)                                      # (B, K, m) (y−μ)ᵀΣ⁻¹(y−μ)
+    d = qry.shape[-1]
+    desc = torch.stack([entropy, torch.sqrt(maha.gather(1, top)[:, 0] / d),
+                        mix.log_weight.gather(1, top[:, 0]) / 10], -1)      # (B, m, 3)
+    return score, log_f, desc
+
+
 # --------------------------------------------------------------------------- transformer
 class MLP(nn.Module):
     def __init__(self, width: int, ratio: int):
@@ -186,6 +310,13 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_mlp(x))
 
 
+class ContextEncoding(NamedTuple):
+    """What the queries need from the context: tokens after each self-attention block
+    (list of (B,n,W)) and the fitted mixture (None without a mixture candidate)."""
+    layers: list
+    mixture: Mixture | None
+
+
 class DiScoFormerNet(nn.Module):
     """The network; ``forward(context, queries)`` works on batches (B,n,d), (B,m,d)."""
 
@@ -193,7 +324,7 @@ class DiScoFormerNet(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        K = len(c.kde_bandwidths) + len(c.local_bandwidths)
+        K = self.n_candidates
         self.embed_ctx = nn.Linear(c.dim + 1, c.width)
         self.embed_qry = nn.Linear(c.dim + 2 + K * N_DESCRIPTORS, c.width)
         self.ctx_blocks = nn.ModuleList([Block(c.width, c.n_heads, c.mlp_ratio, cross=False) for _ in range(c.n_layers)])
@@ -205,37 +336,48 @@ class DiScoFormerNet(nn.Module):
             self.head.bias.zero_()  # candidate on random mixtures before training (model card)
             best = len(c.kde_bandwidths) + min(range(len(c.local_bandwidths)),
                                                key=lambda i: abs(c.local_bandwidths[i] - 2.0))
+            if c.mixture_components:  # the mixture fit is the better start in high d
+                best = K - 1
             self.head.bias[best] = 8.0
             self.head.bias[K + best] = 8.0
 
     @property
     def n_candidates(self) -> int:
-        return len(self.config.kde_bandwidths) + len(self.config.local_bandwidths)
+        c = self.config
+        return len(c.kde_bandwidths) + len(c.local_bandwidths) + (1 if c.mixture_components else 0)
 
     def adaptable_parameters(self) -> list[nn.Parameter]:
         """Parameters tuned by test-time adaptation: the output norm and head."""
         return [*self.ln_out.parameters(), *self.head.parameters()]
 
-    def encode_context(self, ctx_w: torch.Tensor) -> list[torch.Tensor]:
-        """Context tokens after each self-attention block: list of (B,n,W)."""
+    def encode_context(self, ctx_w: torch.Tensor) -> ContextEncoding:
+        """Context tokens after each self-attention block, and the mixture fit if configured."""
+        c = self.config
+        mixture = (fit_mixture(ctx_w, c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge)
+                   if c.mixture_components else None)
         tokens = self.embed_ctx(torch.cat([ctx_w, (ctx_w * ctx_w).sum(-1, keepdim=True) / self.config.dim], -1))  # (B,n,W)
         layers = []
         for block in self.ctx_blocks:
             tokens = block(tokens)                                           # (B, n, W)
             layers.append(tokens)
-        return layers
+        return ContextEncoding(layers, mixture)
 
-    def query_features(self, ctx_w, ctx_layers, qry_w):
+    def query_features(self, ctx_w, encoding: ContextEncoding, qry_w):
         """Everything upstream of the head: query tokens (B,m,W), candidate scores (B,m,K,d)
         and candidate log-densities (B,m,K). Test-time adaptation never changes these."""
         B, n, d = ctx_w.shape
         scott = n ** (-1.0 / (d + 4))
         cand_s, cand_l, desc = kernel_bank(ctx_w, qry_w, [c * scott for c in self.config.kde_bandwidths],
                                            [c * scott for c in self.config.local_bandwidths], self.config.local_ridge)
+        if encoding.mixture is not None:
+            mix_s, mix_l, mix_desc = mixture_candidate(encoding.mixture, qry_w)  # (B,m,d), (B,m), (B,m,3)
+            cand_s = torch.cat([cand_s, mix_s[..., None, :]], -2)            # (B, m, K, d)
+            cand_l = torch.cat([cand_l, mix_l[..., None]], -1)               # (B, m, K)
+            desc = torch.cat([desc, mix_desc], -1)                           # (B, m, K·N_DESCRIPTORS)
         log_n = torch.full_like(qry_w[..., :1], math.log(n) / 10)            # (B, m, 1)
         feats = torch.cat([qry_w, (qry_w * qry_w).sum(-1, keepdim=True) / d, log_n, desc], -1)
         tokens = self.embed_qry(feats)                                       # (B, m, W)
-        for block, source in zip(self.qry_blocks, ctx_layers):
+        for block, source in zip(self.qry_blocks, encoding.layers):
             tokens = block(tokens, source)                                   # (B, m, W)
         return tokens, cand_s, cand_l
 
@@ -249,23 +391,28 @@ class DiScoFormerNet(nn.Module):
         log_density = (gate_l * cand_l).sum(-1) + out[..., -1]               # (B, m)
         return log_density, score
 
-    def decode_queries(self, ctx_w, ctx_layers, qry_w):
+    def decode_queries(self, ctx_w, encoding: ContextEncoding, qry_w):
         """Whitened log-density (B,m) and score (B,m,d) at whitened queries."""
-        return self.heads(*self.query_features(ctx_w, ctx_layers, qry_w))
+        return self.heads(*self.query_features(ctx_w, encoding, qry_w))
 
     def forward(self, context: torch.Tensor, queries: torch.Tensor, chunk: int | None = None):
         """Log-density (B,m) and score (B,m,d) of the distribution behind ``context`` at ``queries``."""
-        mean, chol, log_det = whiten(context, self.config.whiten_ridge)
-        ctx_w = to_whitened(context, mean, chol)                             # (B, n, d)
+        frame = whiten(context, self.config.whiten_ridge)
+        ctx_w = to_whitened(context, frame[0], frame[1])                     # (B, n, d)
+        return self.predict(ctx_w, self.encode_context(ctx_w), frame, queries, chunk)
+
+    def predict(self, ctx_w, encoding: ContextEncoding, frame, queries: torch.Tensor, chunk: int | None = None):
+        """Log-density (B,m) and score (B,m,d) at ``queries`` (original coordinates) from an encoded
+        whitened context; ``frame = whiten(context)``. Queries go in chunks: O(chunk·n) memory."""
+        mean, chol, log_det = frame
         qry_w = to_whitened(queries, mean, chol)                             # (B, m, d)
-        ctx_layers = self.encode_context(ctx_w)
-        B, n = context.shape[:2]
+        B, n = ctx_w.shape[:2]
         m = queries.shape[1]
         if chunk is None:  # bound the (B, chunk, n) kernel blocks of the bank
             chunk = max(16, min(self.config.query_chunk, 2 ** 23 // (B * n * self.n_candidates) + 1))
         logs, scores = [], []
         for start in range(0, m, chunk):
-            log_w, score_w = self.decode_queries(ctx_w, ctx_layers, qry_w[:, start:start + chunk])
+            log_w, score_w = self.decode_queries(ctx_w, encoding, qry_w[:, start:start + chunk])
             logs.append(log_w - log_det[:, None])                            # (B, c)
             # s = L⁻ᵀ s_w for column vectors; row form: s_w L⁻¹
             scores.append(torch.linalg.solve_triangular(chol.transpose(-1, -2), score_w.transpose(-1, -2),

@@ -14,15 +14,15 @@ import particlescore as ps
 from particlescore import estimators
 from particlescore.discoformer import DiScoFormer, available_dims, load_weights, save_weights
 from particlescore.distributions import StudentT, random_gmm
-from particlescore.model import DiScoFormerConfig, DiScoFormerNet
+from particlescore.model import DiScoFormerConfig, DiScoFormerNet, fit_mixture, mixture_candidate
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def random_net(dim, seed=0):
+def random_net(dim, seed=0, mixture_components=0):
     """A randomly initialised network whose head depends on the transformer (non-zero weights)."""
     torch.manual_seed(seed)
-    net = DiScoFormerNet(DiScoFormerConfig(dim=dim)).double()
+    net = DiScoFormerNet(DiScoFormerConfig(dim=dim, mixture_components=mixture_components)).double()
     with torch.no_grad():
         net.head.weight.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(seed))
     return DiScoFormer(net)
@@ -34,9 +34,9 @@ def gmm_data(dim, n=300, m=50, seed=1):
     return mixture.sample(n, generator=g)[0], mixture.sample(m, generator=g)[0]
 
 
-@pytest.mark.parametrize("dim", [2, 3])
-def test_exact_equivariances(dim):
-    est = random_net(dim)
+@pytest.mark.parametrize("dim,mixture_components", [(2, 0), (3, 0), (2, 4), (3, 4)])
+def test_exact_equivariances(dim, mixture_components):
+    est = random_net(dim, mixture_components=mixture_components)
     x, y = gmm_data(dim)
     log_f, score = est(x, y)
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
@@ -85,6 +85,42 @@ def test_hand_set_block_reproduces_gaussian_kde(dim, factor):
     log_ref, score_ref = kde(x, y)
     torch.testing.assert_close(log_f, log_ref, rtol=0, atol=1e-5)
     torch.testing.assert_close(score, score_ref, rtol=0, atol=1e-5)
+
+
+def test_fit_mixture_finds_separated_components_and_its_score_is_exact():
+    """EM with split growth and BIC on three well-separated Gaussians (d = 2, n = 3000):
+    K = 3, means within sampling error (σ/√(n/3) ≈ 0.02, tolerance 0.1), weights near 1/3."""
+    g = torch.Generator().manual_seed(5)
+    centres = torch.tensor([[-6.0, 0.0], [0.0, 5.0], [6.0, -1.0]], dtype=torch.float64)
+    x = (centres[torch.arange(3000) % 3] + torch.randn(3000, 2, generator=g, dtype=torch.float64))[None]
+    mix = fit_mixture(x, max_components=6, iters=30, shrink=0.5, ridge=1e-3)
+    assert int(mix.n_components[0]) == 3
+    used = torch.isfinite(mix.log_weight[0])
+    means = mix.mean[0][used]
+    order = means[:, 0].argsort()
+    torch.testing.assert_close(means[order], centres, rtol=0, atol=0.1)
+    torch.testing.assert_close(mix.log_weight[0][used].exp(), torch.full((3,), 1 / 3, dtype=torch.float64),
+                               rtol=0, atol=0.02)
+    # the candidate's score is the exact gradient of its log-density (float64 round-off)
+    y = (3 * torch.randn(1, 40, 2, generator=g, dtype=torch.float64)).requires_grad_(True)
+    score, log_f, desc = mixture_candidate(mix, y)
+    grad, = torch.autograd.grad(log_f.sum(), y)
+    torch.testing.assert_close(score, grad, rtol=1e-9, atol=1e-9)
+    assert desc.shape == (1, 40, 3) and torch.isfinite(desc).all()
+
+
+def test_transplant_adds_the_mixture_candidate_without_changing_the_rest():
+    """With the new gates shut (bias −60) the grown network reproduces the old one."""
+    from training.train import transplant
+    old = random_net(2).net
+    grown = DiScoFormerNet(DiScoFormerConfig(dim=2, mixture_components=3)).double()
+    transplant(old, grown, mixture_bias=-60.0)
+    x, y = gmm_data(2)
+    with torch.no_grad():
+        log_old, score_old = old(x[None], y[None])
+        log_new, score_new = grown(x[None], y[None])
+    torch.testing.assert_close(log_new, log_old, rtol=0, atol=1e-9)
+    torch.testing.assert_close(score_new, score_old, rtol=0, atol=1e-9)
 
 
 def test_every_shipped_weights_file_loads_and_beats_scott_kde():

@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from particlescore import __version__
-from particlescore.discoformer import DiScoFormer, save_weights
+from particlescore.discoformer import DiScoFormer, load_weights, save_weights
 from particlescore.estimators import KDE
 from particlescore.model import DiScoFormerConfig, DiScoFormerNet
 
@@ -60,7 +60,40 @@ def parse_args(argv=None):
     p.add_argument("--eval-mixtures", type=int, default=16)
     p.add_argument("--eval-sizes", type=int, nargs="*", default=[256, 1024, 4096])
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--mixture-components", type=int, default=0,
+                   help="add the in-context EM mixture candidate with up to this many components")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from these weights (same config without the mixture candidate)")
+    p.add_argument("--mixture-bias", type=float, default=12.0, help="initial gate of the mixture (--init-from)")
     return p.parse_args(argv)
+
+
+def transplant(old: DiScoFormerNet, new: DiScoFormerNet, mixture_bias: float) -> None:
+    """Start ``new`` from trained ``old`` weights when ``new`` only adds the mixture candidate:
+    matching tensors are copied, the new descriptor inputs start at zero, and the mixture's
+    score and log-density gates start at ``mixture_bias`` (so it dominates at first)."""
+    k_old, k_new = old.n_candidates, new.n_candidates
+    if (k_new != k_old + 1 or not new.config.mixture_components or old.config.mixture_components
+            or old.config.dim != new.config.dim or old.config.width != new.config.width):
+        raise SystemExit("--init-from: the new config must equal the old one plus the mixture candidate")
+    old_state, new_state = old.state_dict(), new.state_dict()
+    for name, value in old_state.items():
+        if name not in new_state:
+            raise SystemExit(f"--init-from: parameter {name} has no counterpart")
+        if name == "embed_qry.weight":
+            new_state[name].zero_()
+            new_state[name][:, :value.shape[1]] = value
+        elif name.startswith("head."):
+            rows = new_state[name]
+            rows.zero_()
+            rows[:k_old] = value[:k_old]                                     # score gates
+            rows[k_new:k_new + k_old] = value[k_old:2 * k_old]               # log-density gates
+            rows[2 * k_new:] = value[2 * k_old:]                             # residuals
+            if name == "head.bias":
+                rows[k_old] = rows[k_new + k_old] = mixture_bias
+        else:
+            new_state[name].copy_(value)
+    new.load_state_dict(new_state)
 
 
 def learning_rate(step: int, args) -> float:
@@ -100,8 +133,12 @@ def main(argv=None) -> int:
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
 
-    config = DiScoFormerConfig(dim=args.dim, width=args.width, n_layers=args.layers, n_heads=args.heads)
-    net = DiScoFormerNet(config).to(device)
+    config = DiScoFormerConfig(dim=args.dim, width=args.width, n_layers=args.layers, n_heads=args.heads,
+                               mixture_components=args.mixture_components)
+    net = DiScoFormerNet(config)
+    if args.init_from is not None and not args.resume:
+        transplant(load_weights(args.init_from)[0], net, args.mixture_bias)
+    net = net.to(device)
     model = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
     optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     start_step, wall_before = 0, 0.0
