@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from particlescore import __version__
-from particlescore.discoformer import DiScoFormer, load_weights, save_weights
+from particlescore.discoformer import DiScoFormer, file_sha256, load_weights, save_weights
 from particlescore.estimators import KDE
 from particlescore.model import DiScoFormerConfig, DiScoFormerNet
 
@@ -217,6 +217,9 @@ def main(argv=None) -> int:
             "steps_done": step, "steps_planned": args.steps, "world_size": world, "wall_seconds": round(wall, 1),
             "finished": step >= args.steps, "config": config.to_dict(),
             "evaluation": {str(n): r for n, r in results.items()}}
+    if args.init_from is not None:  # a two-stage build: record what stage 1 was
+        card["init_from"] = {"path": str(args.init_from), "sha256": file_sha256(args.init_from),
+                             "card": json.loads(load_weights(args.init_from)[1].get("card", "{}"))}
     out.parent.mkdir(parents=True, exist_ok=True)
     sha = save_weights(net, out, extra={"card": card})
     card["sha256"] = sha
