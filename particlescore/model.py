@@ -256,7 +256,8 @@ def mixture_candidate(mix: Mixture, qry: torch.Tensor):
     top = resp.argmax(1, keepdim=True)                                       # (B, 1, m)
     maha = -(diff * comp_score).sum(-1)                                      # (B, K, m) (y−μ)ᵀΣ⁻¹(y−μ)
     d = qry.shape[-1]
-    desc = torch.stack([entropy, torch.sqrt(maha.gather(1, top)[:, 0] / d),
+    # + 1e-8: a query on a one-point component's mean (maha = 0) must not give sqrt an infinite gradient
+    desc = torch.stack([entropy, torch.sqrt(maha.gather(1, top)[:, 0] / d + 1e-8),
                         mix.log_weight.gather(1, top[:, 0]) / 10], -1)      # (B, m, 3)
     return score, log_f, desc
 

@@ -239,3 +239,16 @@ def test_ddp_training_smoke(tmp_path):
     assert card["world_size"] == 2 and card["steps_done"] == 3
     log = [json.loads(line) for line in (tmp_path / "train.log").read_text().splitlines()]
     assert log[0]["world_size"] == 2
+
+
+def test_adaptation_stays_finite_when_a_mixture_component_sits_on_one_point():
+    """Heavy tails make EM+BIC give an outlier its own one-point component; adapting at the
+    context points then queries its mean exactly (regression: the distance descriptor's sqrt
+    had an infinite gradient there, and the adapted output was NaN)."""
+    dist = StudentT(2, 3.0)
+    g = torch.Generator().manual_seed(3_000_003)
+    x, y = dist.sample(256, generator=g), dist.sample(128, generator=g)
+    est = ps.DiScoFormer.pretrained(dim=2, adapt_steps=2, adapt_lr=1e-3)
+    _, score = est(x, y)
+    assert torch.isfinite(score).all()
+    assert math.isfinite(est.diagnostics()["consistency_loss"])
