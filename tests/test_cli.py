@@ -65,7 +65,7 @@ def test_simulation_set_is_complete():
 def test_default_config_and_round_trip():
     cfg = cfgmod.default_config()
     assert (cfg.problem.name, cfg.problem.dim, cfg.estimator.name) == ("landau_maxwell_anisotropic", 3, "discoformer")
-    assert (cfg.run.n, cfg.run.dt, cfg.run.t_end, cfg.run.save_every) == (500, 0.01, 4.0, 10)
+    assert (cfg.run.n, cfg.run.dt, cfg.run.t_end, cfg.run.save_every) == (500, 0.02, 4.0, 5)
     assert cfgmod.config_from_dict(cfgmod.config_to_dict(cfg)) == cfg
 
 
