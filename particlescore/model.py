@@ -1,6 +1,6 @@
 """DiScoFormer network: a set of samples -> log-density and score at any query points.
 
-Design (DiScoFormer, arXiv 2511.05924, with one addition measured in the model cards):
+Design (DiScoFormer, arXiv 2511.05924, with additions measured in the model card):
 
 1. Affine wrapper. Centre by the context mean ``μ`` and whiten with the Cholesky factor ``L``
    of the regularised context covariance ``Σ + ε·diag(Σ)``: ``w = L⁻¹(x − μ)``. The core works
@@ -17,12 +17,12 @@ Design (DiScoFormer, arXiv 2511.05924, with one addition measured in the model c
 3. Transformer. Pre-norm blocks without positional encodings: context tokens ``[w, ‖w‖²]``
    attend to each other; query tokens (their coordinates, lift and bank descriptors) attend to
    the context by cross-attention only, so queries never influence each other.
-4. In-context Gaussian mixture (optional, ``mixture_components > 0``; the d = 10 weights use it).
+4. In-context Gaussian mixture (optional, ``mixture_components > 0``; all shipped weights use it).
    One more bank candidate: a Gaussian mixture fitted to the whitened context by EM, grown by
    splitting components along their principal axis (deterministic and permutation invariant),
    covariances shrunk towards a multiple of I with weight ``shrink·d/(N_k + d)``, the number of
-   components chosen by BIC. Kernel estimates need ~n^{-4/(d+4)} more samples as d grows; a
-   parametric fit does not, which is what the high-dimensional case needs (model card).
+   components chosen by BIC. Kernel estimates converge like n^{-4/(d+4)}, slower as d grows; a
+   parametric fit converges like 1/n in any d, which is what d = 10 needed (model card).
 5. Heads. The query stream gives per-query softmax gates over the bank's candidate scores and
    log-densities plus a learned residual for each: the network learns which estimate to
    trust where, and how to correct it.
