@@ -153,20 +153,25 @@ def kernel_bank(ctx: torch.Tensor, qry: torch.Tensor, kde_h: list[float], local_
 # --------------------------------------------------------------------------- in-context mixture
 class Mixture(NamedTuple):
     """Gaussian mixture, padded to a fixed number of components (padding has weight 0)."""
-    log_weight: torch.Tensor   # (B, K)
+    log_weight: torch.Tensor   # (B, K), −inf for padding
     mean: torch.Tensor         # (B, K, d)
     chol: torch.Tensor         # (B, K, d, d) Cholesky factors of the covariances
-    n_components: torch.Tensor  # (B,) components in use
+
+    @property
+    def n_components(self) -> torch.Tensor:
+        """Components in use per batch element (B,)."""
+        return torch.isfinite(self.log_weight).sum(-1)
 
 
 def _component_log_prob(x: torch.Tensor, mix: Mixture):
-    """``log w_k + log N(x | μ_k, Σ_k)`` (B,K,m) and ``x − μ_k`` (B,K,m,d)."""
+    """``log w_k + log N(x | μ_k, Σ_k)`` (B,K,m) and the whitened offsets ``z = L_k⁻¹(x − μ_k)``
+    (B,K,d,m)."""
     diff = x[:, None] - mix.mean[:, :, None]                                  # (B, K, m, d)
     z = torch.linalg.solve_triangular(mix.chol, diff.transpose(-1, -2), upper=False)  # (B, K, d, m)
     log_det = torch.log(mix.chol.diagonal(dim1=-2, dim2=-1)).sum(-1)         # (B, K)
     d = x.shape[-1]
     log_p = mix.log_weight[..., None] - 0.5 * (z * z).sum(-2) - log_det[..., None] - 0.5 * d * LOG_2PI  # (B, K, m)
-    return log_p, diff
+    return log_p, z
 
 
 def _em(x: torch.Tensor, mix: Mixture, iters: int, shrink: float, ridge: float) -> tuple[Mixture, torch.Tensor]:
@@ -184,7 +189,7 @@ def _em(x: torch.Tensor, mix: Mixture, iters: int, shrink: float, ridge: float) 
         rho = (shrink * d / (n_k + d)).clamp(max=1.0)[..., None, None]       # (B, K, 1, 1)
         scale = cov.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]     # (B, K, 1, 1)
         cov = (1 - rho) * cov + (rho * scale + ridge) * eye                  # (B, K, d, d)
-        mix = Mixture(torch.log(n_k / n), mean, torch.linalg.cholesky(cov), mix.n_components)
+        mix = Mixture(torch.log(n_k / n), mean, torch.linalg.cholesky(cov))
     log_p, _ = _component_log_prob(x, mix)                                   # (B, K, n)
     return mix, torch.logsumexp(log_p, 1).sum(-1)
 
@@ -206,14 +211,13 @@ def fit_mixture(x: torch.Tensor, max_components: int, iters: int, shrink: float,
     rows = torch.arange(B, device=x.device)
     centred = x - x.mean(1, keepdim=True)                                    # (B, n, d)
     cov = (centred.transpose(-1, -2) @ centred / n + ridge * eye)[:, None]   # (B, 1, d, d)
-    ones = torch.ones(B, dtype=torch.long, device=x.device)
     mix, loglik = _em(x, Mixture(torch.zeros(B, 1, dtype=x.dtype, device=x.device), x.mean(1, keepdim=True),
-                                 torch.linalg.cholesky(cov), ones), 0, shrink, ridge)
+                                 torch.linalg.cholesky(cov)), 0, shrink, ridge)
 
     def padded(m: Mixture, k: int) -> Mixture:
         extra = max_components - k
         return Mixture(F.pad(m.log_weight, (0, extra), value=-math.inf), F.pad(m.mean, (0, 0, 0, extra)),
-                       torch.cat([m.chol, eye.expand(B, extra, d, d)], 1), m.n_components)
+                       torch.cat([m.chol, eye.expand(B, extra, d, d)], 1))
 
     def bic(k: int, ll: torch.Tensor) -> torch.Tensor:
         return -2 * ll + (k * (d + d * (d + 1) / 2) + k - 1) * math.log(n)
@@ -233,28 +237,29 @@ def fit_mixture(x: torch.Tensor, max_components: int, iters: int, shrink: float,
         cov[rows, j] = cov_j
         mix = Mixture(torch.cat([log_w, log_w[rows, j, None]], 1),
                       torch.cat([mean, (mix.mean[rows, j] - delta)[:, None]], 1),
-                      torch.linalg.cholesky(torch.cat([cov, cov_j[:, None]], 1)), ones * k)
+                      torch.linalg.cholesky(torch.cat([cov, cov_j[:, None]], 1)))
         mix, loglik = _em(x, mix, iters, shrink, ridge)
         score = bic(k, loglik)
         better = score < best_bic                                            # (B,)
         best = Mixture(*(torch.where(better.view((B,) + (1,) * (new.dim() - 1)), new, old)
                          for new, old in zip(padded(mix, k), best)))
         best_bic = torch.where(better, score, best_bic)
-    return Mixture(best.log_weight.to(dtype), best.mean.to(dtype), best.chol.to(dtype), best.n_components)
+    return Mixture(best.log_weight.to(dtype), best.mean.to(dtype), best.chol.to(dtype))
 
 
 def mixture_candidate(mix: Mixture, qry: torch.Tensor):
     """The fitted mixture at ``qry`` (B,m,d): score (B,m,d), log-density (B,m) and descriptors
     (B,m,3): responsibility entropy, √(Mahalanobis²/d) to the likeliest component, and that
     component's ``log w_k / 10``."""
-    log_p, diff = _component_log_prob(qry, mix)                              # (B, K, m), (B, K, m, d)
+    log_p, z = _component_log_prob(qry, mix)                                 # (B, K, m), (B, K, d, m)
     log_f = torch.logsumexp(log_p, 1)                                        # (B, m)
     resp = torch.exp(log_p - log_f[:, None])                                 # (B, K, m)
-    comp_score = -torch.cholesky_solve(diff.transpose(-1, -2), mix.chol).transpose(-1, -2)  # (B, K, m, d)
+    # −Σ_k⁻¹(y − μ_k) = −L_k⁻ᵀ z
+    comp_score = -torch.linalg.solve_triangular(mix.chol.transpose(-1, -2), z, upper=True).transpose(-1, -2)  # (B, K, m, d)
     score = (resp[..., None] * comp_score).sum(1)                            # (B, m, d)
     entropy = -(resp * torch.log(resp.clamp_min(1e-30))).sum(1)              # (B, m)
     top = resp.argmax(1, keepdim=True)                                       # (B, 1, m)
-    maha = -(diff * comp_score).sum(-1)                                      # (B, K, m) (y−μ)ᵀΣ⁻¹(y−μ)
+    maha = (z * z).sum(-2)                                                   # (B, K, m) (y−μ)ᵀΣ⁻¹(y−μ)
     d = qry.shape[-1]
     # + 1e-8: a query on a one-point component's mean (maha = 0) must not give sqrt an infinite gradient
     desc = torch.stack([entropy, torch.sqrt(maha.gather(1, top)[:, 0] / d + 1e-8),
