@@ -63,9 +63,11 @@ ESTIMATOR_KEYS = {
     "kde": ("bandwidth",),
     "blob": ("eps",),
     "exact": (),
-    "sbtm": ("hidden", "layers", "steps_per_call", "lr", "initial_fit_steps", "hutchinson_probes"),
+    "sbtm": ("hidden", "layers", "steps_per_call", "lr", "initial_fit_steps", "loss", "hutchinson_probes"),
 }
 RUN_KEYS = ("n", "dt", "t_end", "save_every", "seed", "integrator")
+#: SBTM training losses (= ``particlescore.sbtm.LOSSES``; spelled out so this module needs no torch).
+SBTM_LOSSES = ("denoising", "implicit")
 
 #: Landau collision constant (DESIGN §4) and Fokker–Planck start time (DESIGN §5).
 DEFAULT_B = 1.0 / 24.0
@@ -102,6 +104,7 @@ class EstimatorConfig:
     steps_per_call: int | None = None
     lr: float | None = None
     initial_fit_steps: int | None = None
+    loss: str | None = None
     hutchinson_probes: int | None = None
 
 
@@ -247,6 +250,7 @@ def _estimator_section(table: dict) -> EstimatorConfig:
             steps_per_call=_get_int(table, "steps_per_call", "estimator", 25, minimum=0),
             lr=_get_float(table, "lr", "estimator", 1e-3, positive=True),
             initial_fit_steps=_get_int(table, "initial_fit_steps", "estimator", 500, minimum=0),
+            loss=_get_choice(table, "loss", "estimator", SBTM_LOSSES, "denoising"),
             hutchinson_probes=_get_int(table, "hutchinson_probes", "estimator", 0, minimum=0))
     return EstimatorConfig(name=name)
 
@@ -382,7 +386,7 @@ def build_estimator(cfg: RunConfig, problem):
         from .sbtm import SBTM
         return SBTM(hidden=e.hidden, layers=e.layers, steps_per_call=e.steps_per_call, lr=e.lr,
                     initial_score=_initial_score(problem), initial_fit_steps=e.initial_fit_steps,
-                    hutchinson_probes=e.hutchinson_probes, seed=cfg.run.seed)
+                    loss=e.loss, hutchinson_probes=e.hutchinson_probes, seed=cfg.run.seed)
     raise ValueError(f"unknown estimator {e.name!r}; allowed: {', '.join(ESTIMATOR_NAMES)}")
 
 

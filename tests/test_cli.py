@@ -88,6 +88,12 @@ def test_build_estimators(tmp_path):
         est = cfgmod.build_estimator(cfgmod.apply_overrides(cfg, estimator=name), problem)
         assert type(est).__name__.lower() == name
     assert cfgmod.build_estimator(cfgmod.apply_overrides(cfg, estimator="sbtm"), problem).initial_score is not None
+    implicit = cfgmod.load_config(_write(tmp_path, TINY_OU.replace('name = "kde"\nbandwidth = "scott"',
+                                                                  'name = "sbtm"\nloss = "implicit"\nhutchinson_probes = 3')))
+    sbtm = cfgmod.build_estimator(implicit, problem)
+    assert (sbtm.loss, sbtm.hutchinson_probes) == ("implicit", 3)
+    from particlescore.sbtm import LOSSES
+    assert cfgmod.SBTM_LOSSES == LOSSES
     maxwell = cfgmod.apply_overrides(cfgmod.default_config(), estimator="exact")
     with pytest.raises(ValueError, match="has no exact solution"):
         cfgmod.build_estimator(maxwell, cfgmod.build_problem(maxwell))
