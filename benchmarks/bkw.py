@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # the shared helpers next to this file
 
-from landau_covariance import LABELS, fmt, make_estimator, save_every_for, set_threads, step_time, warm_up  # noqa: E402
+from landau_covariance import LABELS, add_run_arguments, fmt, make_estimator, save_every_for, set_threads, step_time, warm_up  # noqa: E402
 from particlescore.problems import BKWProblem  # noqa: E402
 from particlescore.solver import simulate  # noqa: E402
 
@@ -51,15 +51,10 @@ def time_average(times: np.ndarray, values: np.ndarray) -> float:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 3])
-    parser.add_argument("--n", type=int, default=500)
-    parser.add_argument("--dt", type=float, default=0.01)
     parser.add_argument("--duration", type=float, default=5.0, help="time run after t0 (t_end = t0 + duration)")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--estimators", nargs="+", choices=list(LABELS),
                         default=["discoformer-0", "discoformer-tta", "kde", "blob", "sbtm", "exact"])
-    parser.add_argument("--save-points", type=int, default=40, help="about this many saved times per run")
-    parser.add_argument("--threads", type=int, default=1, help="torch/numba threads (default 1)")
-    parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
     set_threads(args.threads)
     args.out_dir.mkdir(parents=True, exist_ok=True)

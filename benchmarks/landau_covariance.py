@@ -150,18 +150,23 @@ def fmt(value, spec=".3e") -> str:
     return "—" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dims", type=int, nargs="+", default=[3, 10])
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared with ``bkw.py``: particles, step, seed, saving, threads, output folder."""
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--dt", type=float, default=0.01)
-    parser.add_argument("--t-end", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--estimators", nargs="+", default=["discoformer-0", "discoformer-tta", "kde", "blob", "sbtm"],
-                        choices=[k for k in LABELS if k != "exact"])
     parser.add_argument("--save-points", type=int, default=40, help="about this many saved times per run")
     parser.add_argument("--threads", type=int, default=1, help="torch/numba threads (default 1)")
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dims", type=int, nargs="+", default=[3, 10])
+    parser.add_argument("--t-end", type=float, default=4.0)
+    parser.add_argument("--estimators", nargs="+", default=["discoformer-0", "discoformer-tta", "kde", "blob", "sbtm"],
+                        choices=[k for k in LABELS if k != "exact"])
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
     set_threads(args.threads)
     args.out_dir.mkdir(parents=True, exist_ok=True)
