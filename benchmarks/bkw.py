@@ -34,7 +34,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # the shared helpers next to this file
 
-from landau_covariance import LABELS, add_run_arguments, fmt, make_estimator, save_every_for, set_threads, step_time, warm_up  # noqa: E402
+from landau_covariance import (LABELS, add_run_arguments, fmt, make_estimator, save_every_for,  # noqa: E402
+                               set_threads, step_time, warm_up, write_csv)
 from particlescore.problems import BKWProblem  # noqa: E402
 from particlescore.solver import simulate  # noqa: E402
 
@@ -105,7 +106,7 @@ def main(argv=None):
     if notes:
         table += ["", "Notes:", ""] + [f"* {n}" for n in notes]
     (args.out_dir / "bkw.md").write_text("\n".join(table) + "\n")
-    write_csv(args.out_dir / "bkw.csv", rows)
+    write_csv(args.out_dir / "bkw.csv", rows, CSV_KEYS)
     lines = ["d,estimator,t_minus_t0,score_error_pct"]
     for (d, key), (t, e) in curves.items():
         lines += [f"{d},{key},{ti:.6g},{ei:.8g}" for ti, ei in zip(t, e)]
@@ -133,10 +134,8 @@ def markdown(rows, args):
     return lines
 
 
-def write_csv(path, rows):
-    keys = ["d", "key", "estimator", "t0", "t_end", "score_err_avg_pct", "score_err_final_pct", "score_err_t0_pct",
+CSV_KEYS = ["d", "key", "estimator", "t0", "t_end", "score_err_avg_pct", "score_err_final_pct", "score_err_t0_pct",
             "cov_err_max", "energy_drift_rel", "step_s", "steps", "run_s"]
-    path.write_text("\n".join([",".join(keys)] + [",".join(str(r[k]) for k in keys) for r in rows]) + "\n")
 
 
 def plot(path, curves, dims):

@@ -216,7 +216,7 @@ def main(argv=None):
     if notes:
         table += ["", "Notes:", ""] + [f"* {n}" for n in notes]
     (args.out_dir / "landau_covariance.md").write_text("\n".join(table) + "\n")
-    write_csv(args.out_dir / "landau_covariance.csv", rows)
+    write_csv(args.out_dir / "landau_covariance.csv", rows, CSV_KEYS)
     write_curves(args.out_dir / "landau_covariance_sigma11.csv", curves)
     if curves:
         plot(args.out_dir / "landau_covariance.png", curves, args.dims)
@@ -244,10 +244,13 @@ def markdown(rows, args):
     return head
 
 
-def write_csv(path, rows):
-    keys = ["d", "key", "estimator", "sigma11_err_max", "sigma11_err_final", "cov_err_max",
+CSV_KEYS = ["d", "key", "estimator", "sigma11_err_max", "sigma11_err_final", "cov_err_max",
             "sigma11_err_max_sample", "cov_err_max_sample", "momentum_drift",
             "max_abs_mean", "energy_drift_rel", "step_s", "steps", "run_s", "finite"]
+
+
+def write_csv(path, rows, keys):
+    """One line per row (shared with ``bkw.py``): the ``keys`` columns, in that order."""
     lines = [",".join(keys)] + [",".join(str(r[k]) for k in keys) for r in rows]
     path.write_text("\n".join(lines) + "\n")
 
