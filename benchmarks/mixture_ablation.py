@@ -4,7 +4,7 @@
 
 For each shipped d: relative score MSE (%) of the shipped DiScoFormer, of the same network
 with its gates fixed on the EM mixture candidate and no residuals (the mixture fit alone), and
-of Scott KDE, on the evaluation mixtures of ``training.evaluate`` (mean ± standard error).
+of Scott KDE, on the evaluation mixtures of ``particlescore.training.evaluate`` (mean ± standard error).
 """
 import argparse
 
@@ -13,7 +13,7 @@ import torch
 
 import particlescore as ps
 from particlescore.discoformer import DiScoFormer, available_dims, load_weights, weights_path
-from training.evaluate import evaluation_problem
+from particlescore.training.evaluate import evaluation_problem
 
 
 def mixture_only(dim: int) -> DiScoFormer:

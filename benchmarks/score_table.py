@@ -4,7 +4,7 @@
 
 Relative score MSE (%) and log-density MSE of DiScoFormer vs Scott KDE and oracle-h KDE,
 averaged over random mixtures with evaluation seeds disjoint from training
-(``training.evaluate.EVAL_SEED_BASE``), queries drawn from the mixture. Out of family:
+(``particlescore.training.evaluate.EVAL_SEED_BASE``), queries drawn from the mixture. Out of family:
 Student-t (ν = 3, n = 256) and Laplace (n = 1024) in d = 2 with 0/2/4/8 adaptation steps.
 Writes a markdown table to stdout and to ``--out``.
 """
@@ -18,7 +18,7 @@ import torch
 import particlescore as ps
 from particlescore.discoformer import available_dims
 from particlescore.distributions import Laplace, StudentT
-from training.evaluate import evaluate
+from particlescore.training.evaluate import evaluate
 
 
 def score_table(dims, sizes, mixtures):

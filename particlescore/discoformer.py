@@ -25,7 +25,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ._validation import as_particles, check_min_particles
 from .estimators import ScoreEstimator
-from .model import DiScoFormerConfig, DiScoFormerNet, to_whitened, whiten
+from .affine import EncodedContext, WhitenedModel
+from .model import DiScoFormerConfig, DiScoFormerNet
 
 __all__ = ["DiScoFormer", "save_weights", "load_weights", "WEIGHTS_DIR", "available_dims"]
 
@@ -117,6 +118,7 @@ class DiScoFormer(ScoreEstimator):
         if not adapt_lr > 0:
             raise ValueError(f"adapt_lr must be positive, got {adapt_lr!r}")
         self.net = net.eval()
+        self.model = WhitenedModel(self.net)
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.dim = net.config.dim
@@ -134,7 +136,7 @@ class DiScoFormer(ScoreEstimator):
         path = weights_path(dim)
         if not path.is_file():
             raise ValueError(f"no pretrained DiScoFormer weights for dim={dim}; available dims: "
-                             f"{list(available_dims())} (train with `python -m training --dim {dim}`)")
+                             f"{list(available_dims())} (train with `python -m particlescore.training --dim {dim}`)")
         return cls.from_file(path, adapt_steps=adapt_steps, adapt_lr=adapt_lr, warm_start=warm_start)
 
     @classmethod
@@ -170,23 +172,19 @@ class DiScoFormer(ScoreEstimator):
                              f"available pretrained dims: {list(available_dims())}")
         check_min_particles(x, self.dim + 1, f"to whiten {self.dim}-dimensional data")
 
-    def _consistency(self, ctx: torch.Tensor, encoding, qry_w: torch.Tensor, create_graph: bool) -> torch.Tensor:
+    def _consistency(self, enc: EncodedContext, qry_w: torch.Tensor, create_graph: bool) -> torch.Tensor:
         """``mean_i ‖S_i − ∇_y T_i‖²`` in whitened coordinates at ``qry_w`` (1, m, d)."""
         qry_w = qry_w.detach().requires_grad_(True)
         # the fused CPU attention kernels have no double backward; the math kernel does
         with sdpa_kernel(SDPBackend.MATH):
-            log_w, score_w = self.net.decode_queries(ctx, encoding, qry_w)  # (1, m), (1, m, d)
+            log_w, score_w = self.model.decode_whitened(enc, qry_w)         # (1, m), (1, m, d)
             grad_log, = torch.autograd.grad(log_w.sum(), qry_w, create_graph=create_graph)  # (1, m, d)
         return ((score_w - grad_log) ** 2).sum(-1).mean()
 
-    def _prepare(self, x: torch.Tensor):
-        """Whitening frame (μ, L, log det L), whitened context (1,n,d) and its encoding."""
-        ctx = x.to(self._model_dtype())[None]                                 # (1, n, d)
-        frame = whiten(ctx, self.net.config.whiten_ridge)
-        ctx_w = to_whitened(ctx, frame[0], frame[1])                         # (1, n, d)
+    def _prepare(self, x: torch.Tensor) -> EncodedContext:
+        """The context (n,d) whitened and encoded as a batch of one."""
         with torch.no_grad():
-            encoding = self.net.encode_context(ctx_w)
-        return frame, ctx_w, encoding
+            return self.model.encode(x.to(self._model_dtype())[None])
 
     def _adaptation_queries(self, ctx_w: torch.Tensor) -> torch.Tensor:
         n = ctx_w.shape[1]
@@ -196,16 +194,16 @@ class DiScoFormer(ScoreEstimator):
         idx = torch.randperm(n, generator=g)[: self.adapt_points]
         return ctx_w[:, idx]
 
-    def _adapt(self, ctx_w, encoding) -> None:
+    def _adapt(self, enc: EncodedContext) -> None:
         params = self.net.adaptable_parameters()
-        qry_w = self._adaptation_queries(ctx_w)
+        qry_w = self._adaptation_queries(enc.ctx_w)
         for p in params:
             p.requires_grad_(True)
         optimizer = torch.optim.Adam(params, lr=self.adapt_lr)
         try:
             for _ in range(self.adapt_steps):
                 optimizer.zero_grad()
-                loss = self._consistency(ctx_w, encoding, qry_w, create_graph=True)
+                loss = self._consistency(enc, qry_w, create_graph=True)
                 loss = loss + 0.5 * self.proximal * sum(((p - p0) ** 2).sum() for p, p0 in zip(params, self._pretrained))
                 loss.backward()
                 optimizer.step()
@@ -224,18 +222,18 @@ class DiScoFormer(ScoreEstimator):
         coordinates; on a seeded subsample of ``adapt_points`` points for larger contexts)."""
         x, _ = as_particles(context, "context")
         self._check(x)
-        _, ctx_w, encoding = self._prepare(x)
-        return float(self._consistency(ctx_w, encoding, self._adaptation_queries(ctx_w), create_graph=False).detach())
+        enc = self._prepare(x)
+        return float(self._consistency(enc, self._adaptation_queries(enc.ctx_w), create_graph=False).detach())
 
     def _evaluate(self, context, queries):
         self._check(context)
-        frame, ctx_w, encoding = self._prepare(context)
+        enc = self._prepare(context)
         if self.adapt_steps > 0:
             if not self.warm_start:
                 self.reset()
-            self._adapt(ctx_w, encoding)
-            self._last_consistency = float(self._consistency(ctx_w, encoding, self._adaptation_queries(ctx_w),
+            self._adapt(enc)
+            self._last_consistency = float(self._consistency(enc, self._adaptation_queries(enc.ctx_w),
                                                              create_graph=False).detach())
         with torch.no_grad():
-            log_f, score = self.net.predict(ctx_w, encoding, frame, queries.to(self._model_dtype())[None])  # (1, m), (1, m, d)
+            log_f, score = self.model.predict(enc, queries.to(self._model_dtype())[None])  # (1, m), (1, m, d)
         return log_f[0].to(context.dtype), score[0].to(context.dtype)

@@ -174,22 +174,29 @@ class Distribution:
 
 
 def _mixture_terms(x: Tensor, means: Tensor, chol: Tensor, half_logdet: Tensor,
-                   want_score: bool) -> tuple[Tensor, Tensor | None]:
+                   want_score: bool, *, log_weight: Tensor | None = None, return_z: bool = False):
     """Per-component Gaussian log-densities (and scores) for a batch of mixtures.
 
     x (B, m, d), means (B, K, d), chol (B, K, d, d) lower Cholesky factors L_k of Σ_k,
     half_logdet (B, K) = Σ_i log L_k,ii.  With z = L_k^{-1}(x − μ_k):
     log N_k(x) = −½|z|² − ½ log det Σ_k − (d/2) log 2π,  score_k = −Σ_k^{-1}(x − μ_k) = −L_k^{-T} z.
-    Returns log N (B, K, m) and score (B, K, m, d) or None.
+    Returns log N (B, K, m) and score (B, K, m, d) or None; with ``log_weight`` (B, K) the first
+    output is ``log w_k + log N_k`` instead, and ``return_z`` appends z (B, K, d, m). This is the
+    one implementation of these sums: the in-context mixture fit of DiScoFormer
+    (``particlescore.candidates``) uses it too.
     """
     d = x.shape[-1]
     diff = x[:, None, :, :] - means[:, :, None, :]                     # (B, K, m, d)
     z = torch.linalg.solve_triangular(chol, diff.transpose(-1, -2), upper=False)  # (B,K,d,m)
-    log_norm = (-0.5 * (z * z).sum(-2) - half_logdet[..., None] - 0.5 * d * _LOG_2PI)
-    if not want_score:
-        return log_norm, None
-    score = -torch.linalg.solve_triangular(chol.transpose(-1, -2), z, upper=True)
-    return log_norm, score.transpose(-1, -2)                               # (B, K, m, d)
+    half_sq = 0.5 * (z * z).sum(-2)                                         # (B, K, m)
+    if log_weight is None:
+        log_norm = -half_sq - half_logdet[..., None] - 0.5 * d * _LOG_2PI
+    else:
+        log_norm = log_weight[..., None] - half_sq - half_logdet[..., None] - 0.5 * d * _LOG_2PI
+    score = None
+    if want_score:
+        score = -torch.linalg.solve_triangular(chol.transpose(-1, -2), z, upper=True).transpose(-1, -2)  # (B,K,m,d)
+    return (log_norm, score, z) if return_z else (log_norm, score)
 
 
 class GaussianMixture(Distribution):

@@ -14,7 +14,9 @@ import particlescore as ps
 from particlescore import estimators
 from particlescore.discoformer import DiScoFormer, available_dims, load_weights, save_weights
 from particlescore.distributions import StudentT, random_gmm
-from particlescore.model import DiScoFormerConfig, DiScoFormerNet, fit_mixture, mixture_candidate
+from particlescore.affine import WhitenedModel
+from particlescore.candidates import fit_mixture, mixture_candidate
+from particlescore.model import DiScoFormerConfig, DiScoFormerNet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,7 +72,7 @@ def test_rotation_error_is_reported():
 
 @pytest.mark.parametrize("dim,factor", [(1, 0.8), (2, 1.0), (3, 0.6)])
 def test_hand_set_block_reproduces_gaussian_kde(dim, factor):
-    """One kernel-attention head with the squared-norm lift and a gate fixed on it is KDE."""
+    """The kernel bank's first bandwidth with both gates fixed on it is KDE with H = h²·Σ̂."""
     config = DiScoFormerConfig(dim=dim, kde_bandwidths=(factor,), local_bandwidths=(2.0,), whiten_ridge=0.0)
     net = DiScoFormerNet(config).double()
     with torch.no_grad():
@@ -111,14 +113,14 @@ def test_fit_mixture_finds_separated_components_and_its_score_is_exact():
 
 def test_transplant_adds_the_mixture_candidate_without_changing_the_rest():
     """With the new gates shut (bias −60) the grown network reproduces the old one."""
-    from training.train import transplant
+    from particlescore.training.train import transplant
     old = random_net(2).net
     grown = DiScoFormerNet(DiScoFormerConfig(dim=2, mixture_components=3)).double()
     transplant(old, grown, mixture_bias=-60.0)
     x, y = gmm_data(2)
     with torch.no_grad():
-        log_old, score_old = old(x[None], y[None])
-        log_new, score_new = grown(x[None], y[None])
+        log_old, score_old = WhitenedModel(old)(x[None], y[None])
+        log_new, score_new = WhitenedModel(grown)(x[None], y[None])
     torch.testing.assert_close(log_new, log_old, rtol=0, atol=1e-9)
     torch.testing.assert_close(score_new, score_old, rtol=0, atol=1e-9)
 
@@ -228,7 +230,7 @@ def test_ddp_training_smoke(tmp_path):
     """Two gloo processes train a few steps with torchrun and write a loadable weights file."""
     out = tmp_path / "w.safetensors"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29613",
-           "-m", "training", "--dim", "2", "--steps", "3", "--batch", "2", "--n-min", "32", "--n-max", "64",
+           "-m", "particlescore.training", "--dim", "2", "--steps", "3", "--batch", "2", "--n-min", "32", "--n-max", "64",
            "--queries", "16", "--width", "16", "--eval-mixtures", "1", "--eval-sizes", "64", "--threads", "1",
            "--run-dir", str(tmp_path), "--out", str(out), "--no-progress"]
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -1,7 +1,7 @@
 """Train DiScoFormer weights on random Gaussian mixtures.
 
-    python -m training --dim 2 --steps 3000 --out particlescore/weights/discoformer_d2.safetensors
-    torchrun --nproc_per_node 2 -m training --dim 2 ...        # DDP (gloo on CPU, nccl on GPU)
+    python -m particlescore.training --dim 2 --steps 3000 --out particlescore/weights/discoformer_d2.safetensors
+    torchrun --nproc_per_node 2 -m particlescore.training --dim 2 ...   # DDP (gloo on CPU, nccl on GPU)
 
 Loss per mixture: ``α·Huber(log f̂ − log f) + (1−α)·Σ‖ŝ − s‖²/Σ‖s‖²`` (the relative score error,
 the benchmark metric, so every mixture counts equally), averaged over the batch. AdamW with
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from particlescore import __version__
 from particlescore.discoformer import DiScoFormer, file_sha256, load_weights, save_weights
 from particlescore.estimators import KDE
+from particlescore.affine import WhitenedModel
 from particlescore.model import DiScoFormerConfig, DiScoFormerNet
 
 from .data import context_size, make_batch, step_generator
@@ -34,7 +35,7 @@ from .evaluate import evaluate
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m training", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m particlescore.training", description=__doc__.split("\n")[0])
     p.add_argument("--dim", type=int, required=True)
     p.add_argument("--steps", type=int, default=3000, help="total optimiser steps (sets the schedule)")
     p.add_argument("--batch", type=int, default=16, help="mixtures per step (per process)")
@@ -86,11 +87,13 @@ def transplant(old: DiScoFormerNet, new: DiScoFormerNet, mixture_bias: float) ->
         elif name.startswith("head."):
             rows = new_state[name]
             rows.zero_()
-            rows[:k_old] = value[:k_old]                                     # score gates
-            rows[k_new:k_new + k_old] = value[k_old:2 * k_old]               # log-density gates
-            rows[2 * k_new:] = value[2 * k_old:]                             # residuals
-            if name == "head.bias":
-                rows[k_old] = rows[k_new + k_old] = mixture_bias
+            for part in ("score_gates", "log_gates"):
+                new_rows, old_rows = getattr(new.layout, part), getattr(old.layout, part)
+                rows[new_rows.start:new_rows.start + k_old] = value[old_rows]  # the old candidates' gates
+                if name == "head.bias":  # the mixture is the last candidate
+                    rows[new_rows.start + k_old] = mixture_bias
+            for part in ("score_residual", "log_residual"):
+                rows[getattr(new.layout, part)] = value[getattr(old.layout, part)]
         else:
             new_state[name].copy_(value)
     new.load_state_dict(new_state)
@@ -139,7 +142,8 @@ def main(argv=None) -> int:
     if args.init_from is not None and not args.resume:
         transplant(load_weights(args.init_from)[0], net, args.mixture_bias)
     net = net.to(device)
-    model = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
+    wrapped = WhitenedModel(net)                                         # whitening in, un-whitening out
+    model = torch.nn.parallel.DistributedDataParallel(wrapped) if distributed else wrapped
     optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     start_step, wall_before = 0, 0.0
     ckpt_path = run_dir / "checkpoint.pt"
@@ -212,7 +216,7 @@ def main(argv=None) -> int:
     est = DiScoFormer(net.cpu())
     results = {n: evaluate({"DiScoFormer": est, "Scott KDE": KDE("scott")}, args.dim, n, args.eval_mixtures,
                            oracle=False) for n in args.eval_sizes}
-    card = {"command": " ".join(["python -m training"] + (argv if argv is not None else sys.argv[1:])),
+    card = {"command": " ".join(["python -m particlescore.training"] + (argv if argv is not None else sys.argv[1:])),
             "git_commit": git_commit(), "particlescore_version": __version__, "seed": args.seed,
             "steps_done": step, "steps_planned": args.steps, "world_size": world, "wall_seconds": round(wall, 1),
             "finished": step >= args.steps, "config": config.to_dict(),

@@ -1,0 +1,117 @@
+"""The affine (whitening) wrapper around DiScoFormer's network, as EDM's preconditioning wrapper
+wraps its denoiser (Karras et al. 2022, NVlabs/edm ``training/networks.py``, ``EDMPrecond``).
+
+Centre by the context mean ``μ`` and whiten with the lower Cholesky factor ``L`` of the
+regularised context covariance ``Σ + ε·diag(Σ)``: ``w = L⁻¹(x − μ)``. The network and its
+candidates work on ``w``; results map back with the change-of-variables formulas
+``log f(x) = log f_w(w) − log det L`` and ``∇ₓ log f = L⁻ᵀ ∇_w log f_w``.
+``L(DΣD) = D·L(Σ)`` for a positive diagonal ``D``, so permutation, translation and anisotropic
+axis scaling are exact symmetries of the estimator; rotations are learned (approximate).
+
+:class:`WhitenedModel` is the only place that whitens: the estimator (``discoformer``) and
+training (``particlescore.training``) both call it.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+
+from .candidates import Candidates, Mixture, evaluate_candidates, fit_mixture
+from .model import DiScoFormerNet
+
+__all__ = ["AffineFrame", "EncodedContext", "WhitenedModel"]
+
+
+class AffineFrame(NamedTuple):
+    """``μ`` (B,1,d), ``L`` (B,d,d) with ``LLᵀ = Σ + ε·diag(Σ)``, and ``log det L`` (B,)."""
+    mean: torch.Tensor
+    chol: torch.Tensor
+    log_det: torch.Tensor
+
+    @classmethod
+    def fit(cls, context: torch.Tensor, ridge: float) -> "AffineFrame":
+        """The frame of ``context`` (B,n,d); ValueError if its covariance is singular or not finite."""
+        n = context.shape[-2]
+        mean = context.mean(-2, keepdim=True)                                # (B, 1, d)
+        centred = context - mean                                             # (B, n, d)
+        cov = centred.transpose(-1, -2) @ centred / (n - 1)                  # (B, d, d)
+        cov = cov + ridge * torch.diag_embed(cov.diagonal(dim1=-2, dim2=-1))  # (B, d, d)
+        chol, info = torch.linalg.cholesky_ex(cov)                           # (B, d, d)
+        if bool((info != 0).any()) or not bool(torch.isfinite(chol).all()):
+            raise ValueError(f"cannot whiten the context: its sample covariance is singular or not finite in "
+                             f"{str(context.dtype).replace('torch.', '')} (points identical, on a subspace, or "
+                             f"with values too large to square); context shape {tuple(context.shape)}")
+        log_det = torch.log(chol.diagonal(dim1=-2, dim2=-1)).sum(-1)         # (B,)
+        return cls(mean, chol, log_det)
+
+    def whiten(self, points: torch.Tensor) -> torch.Tensor:
+        """``w = L⁻¹(x − μ)`` for row vectors: (B,m,d) -> (B,m,d)."""
+        return torch.linalg.solve_triangular(self.chol, (points - self.mean).transpose(-1, -2),
+                                             upper=False).transpose(-1, -2)
+
+    def unwhiten(self, log_w: torch.Tensor, score_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``log f = log f_w − log det L`` (B,m) and ``s = L⁻ᵀ s_w`` (B,m,d) (row form ``s_w L⁻¹``)."""
+        log_f = log_w - self.log_det[:, None]                                # (B, m)
+        score = torch.linalg.solve_triangular(self.chol.transpose(-1, -2), score_w.transpose(-1, -2),
+                                              upper=True).transpose(-1, -2)  # (B, m, d)
+        return log_f, score
+
+
+class EncodedContext(NamedTuple):
+    """Everything the queries need from one context: its frame, the whitened context (B,n,d),
+    the context tokens after each self-attention block (list of (B,n,W)) and the fitted mixture
+    (None without a mixture candidate)."""
+    frame: AffineFrame
+    ctx_w: torch.Tensor
+    layers: list
+    mixture: Mixture | None
+
+
+class WhitenedModel(nn.Module):
+    """``forward(context (B,n,d), queries (B,m,d)) -> (log f (B,m), score (B,m,d))`` in the
+    original coordinates; ``encode`` once, then ``predict`` queries in chunks."""
+
+    def __init__(self, net: DiScoFormerNet):
+        super().__init__()
+        self.net = net
+
+    @property
+    def config(self):
+        return self.net.config
+
+    def encode(self, context: torch.Tensor, mixture: Mixture | None = None) -> EncodedContext:
+        """Whiten ``context`` (B,n,d), fit the mixture candidate (unless ``mixture`` is given) and
+        encode the context tokens."""
+        c = self.net.config
+        frame = AffineFrame.fit(context, c.whiten_ridge)
+        ctx_w = frame.whiten(context)                                        # (B, n, d)
+        if mixture is None and c.mixture_components:
+            mixture = fit_mixture(ctx_w, c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge)
+        return EncodedContext(frame, ctx_w, self.net.encode_context(ctx_w), mixture)
+
+    def candidates(self, enc: EncodedContext, qry_w: torch.Tensor) -> Candidates:
+        return evaluate_candidates(self.net.config, enc.ctx_w, enc.mixture, qry_w)
+
+    def decode_whitened(self, enc: EncodedContext, qry_w: torch.Tensor):
+        """Whitened log-density (B,m) and score (B,m,d) at whitened queries (B,m,d)."""
+        return self.net(qry_w, enc.layers, self.candidates(enc, qry_w))
+
+    def predict(self, enc: EncodedContext, queries: torch.Tensor, chunk: int | None = None):
+        """Log-density (B,m) and score (B,m,d) at ``queries`` (original coordinates); queries go
+        in chunks, so memory is O(chunk·n)."""
+        qry_w = enc.frame.whiten(queries)                                    # (B, m, d)
+        B, n = enc.ctx_w.shape[:2]
+        m = queries.shape[1]
+        if chunk is None:  # bound the (B, chunk, n) kernel blocks of the bank
+            chunk = max(16, min(self.net.config.query_chunk, 2 ** 23 // (B * n * self.net.n_candidates) + 1))
+        logs, scores = [], []
+        for start in range(0, m, chunk):
+            log_f, score = enc.frame.unwhiten(*self.decode_whitened(enc, qry_w[:, start:start + chunk]))
+            logs.append(log_f)                                               # (B, c)
+            scores.append(score)                                             # (B, c, d)
+        return torch.cat(logs, 1), torch.cat(scores, 1)
+
+    def forward(self, context: torch.Tensor, queries: torch.Tensor, chunk: int | None = None):
+        return self.predict(self.encode(context), queries, chunk)

@@ -1,0 +1,234 @@
+"""DiScoFormer's candidate estimates: parameter-free classical estimators the network gates over.
+
+Everything here works in whitened coordinates (``particlescore.affine``) and has no learned
+parameters. For every query the network receives K candidate scores and log-densities plus
+``N_DESCRIPTORS`` descriptors per candidate that tell it how far to trust each one.
+
+1. Kernel bank. For bandwidths ``h_b = c_b·n^{-1/(d+4)}`` the Gaussian-kernel weights are
+   ``w_j(y) = softmax_j(−‖y − x_j‖²/2h²) = softmax_j((y·x_j − ½‖x_j‖²)/h²)``: one (m, n) matrix
+   of ``y·x_j − ½‖x_j‖²`` serves every bandwidth. From it, per bandwidth: the KDE log-density
+   and score (Parzen 1962), and the *local Gaussian* (local likelihood, Hjort & Jones 1996): with
+   the kernel-weighted mean ``m`` and covariance ``C``, ``s_L = C⁻¹(m − y)`` and
+   ``log f_L = log f_KDE + ½(d log h² − log det C) − ½ (m−y)ᵀC⁻¹(m−y)``, exact for any Gaussian
+   population at any ``h`` (the kernel's bias cancels).
+2. In-context Gaussian mixture (``mixture_components > 0``; all shipped weights use it): a
+   mixture fitted to the whitened context by EM, grown by splitting components along their
+   principal axis, covariances shrunk towards a multiple of I, the number of components chosen
+   by BIC. Kernel estimates converge like n^{-4/(d+4)}, slower as d grows; a parametric fit
+   converges like 1/n in any d, which is what d = 10 needed (model card). The mixture sums are
+   ``distributions._mixture_terms``, shared with :class:`~particlescore.GaussianMixture`.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .distributions import _mixture_terms
+
+__all__ = ["Candidates", "Mixture", "N_DESCRIPTORS", "kernel_bank", "fit_mixture", "refit_mixture",
+           "mixture_candidate", "evaluate_candidates"]
+
+#: Descriptors per candidate, in the order they are appended.
+#: KDE: (log N_eff, ‖m − y‖/h, 0); local Gaussian: (log N_eff, ‖m − y‖/h, log det C / d − log h²);
+#: mixture: (responsibility entropy, √(Mahalanobis²/d) to the likeliest component, its log w_k / 10).
+N_DESCRIPTORS = 3
+
+
+class Candidates(NamedTuple):
+    """Candidate estimates at m queries (whitened units)."""
+    score: torch.Tensor        # (B, m, K, d)
+    log_density: torch.Tensor  # (B, m, K)
+    descriptors: torch.Tensor  # (B, m, K·N_DESCRIPTORS)
+
+
+# --------------------------------------------------------------------------- kernel bank
+def kernel_bank(ctx: torch.Tensor, qry: torch.Tensor, kde_h: list[float], local_h: list[float],
+                local_ridge: float):
+    """KDE and local-Gaussian estimates at several bandwidths, in whitened coordinates.
+
+    ctx (B,n,d), qry (B,m,d); ``kde_h`` and ``local_h`` absolute bandwidths (K = their total).
+    Returns candidate scores (B,m,K,d), candidate log-densities (B,m,K) and descriptors
+    (B,m,K·N_DESCRIPTORS). The local fit's covariance is shrunk towards ``h²I`` (the flat-density
+    limit, where it equals KDE) with weight ``d/(N_eff + d)``.
+    """
+    B, n, d = ctx.shape
+    m = qry.shape[1]
+    eye = torch.eye(d, dtype=ctx.dtype, device=ctx.device)
+    keys = torch.cat([ctx, -0.5 * (ctx * ctx).sum(-1, keepdim=True)], -1)    # (B, n, d+1) [x, −½‖x‖²]
+    queries = torch.cat([qry, torch.ones_like(qry[..., :1])], -1)           # (B, m, d+1) [y, 1]
+    ctx_outer = (ctx[..., :, None] * ctx[..., None, :]).reshape(B, n, d * d)  # (B, n, d²)
+    values = torch.cat([ctx, ctx_outer], -1)                                 # (B, n, d + d²)
+    dot = queries @ keys.transpose(-1, -2)                                   # (B, m, n) = y·x − ½‖x‖²
+    half_sq_q = 0.5 * (qry * qry).sum(-1)                                    # (B, m)
+    scores, logdens, descs = [], [], []
+    for h, local in [(h, False) for h in kde_h] + [(h, True) for h in local_h]:
+        inv_h2 = 1.0 / (h * h)
+        logits = dot * inv_h2                                                # (B, m, n)
+        lse = torch.logsumexp(logits, -1)                                    # (B, m)
+        weights = torch.exp(logits - lse[..., None])                         # (B, m, n)
+        n_eff = 1.0 / (weights * weights).sum(-1)                            # (B, m) Kish's effective size
+        kde_log = lse - inv_h2 * half_sq_q - math.log(n) - 0.5 * d * math.log(2 * math.pi * h * h)  # (B, m)
+        if not local:
+            local_mean = weights @ ctx                                       # (B, m, d)
+            shift = local_mean - qry                                         # (B, m, d)
+            scores.append(shift * inv_h2)                                    # (B, m, d) KDE score
+            logdens.append(kde_log)
+            descs += [torch.log(n_eff), shift.norm(dim=-1) / h, torch.zeros_like(n_eff)]
+            continue
+        moments = weights @ values                                           # (B, m, d + d²)
+        local_mean = moments[..., :d]                                        # (B, m, d)
+        second = moments[..., d:].reshape(B, m, d, d)                        # (B, m, d, d)
+        cov = second - local_mean[..., :, None] * local_mean[..., None, :]   # (B, m, d, d)
+        shrink = (d / (n_eff + d))[..., None, None]                          # (B, m, 1, 1)
+        cov = (1 - shrink) * cov + (shrink + local_ridge) * (h * h) * eye    # (B, m, d, d)
+        chol, _ = torch.linalg.cholesky_ex(cov)                              # (B, m, d, d)
+        shift = local_mean - qry                                             # (B, m, d)
+        local_score = torch.cholesky_solve(shift[..., None], chol)[..., 0]   # (B, m, d) = C⁻¹(m − y)
+        log_det_cov = 2 * torch.log(chol.diagonal(dim1=-2, dim2=-1)).sum(-1)  # (B, m)
+        local_log = kde_log + 0.5 * (d * math.log(h * h) - log_det_cov) - 0.5 * (shift * local_score).sum(-1)
+        scores.append(local_score)
+        logdens.append(local_log)
+        descs += [torch.log(n_eff), shift.norm(dim=-1) / h, log_det_cov / d - math.log(h * h)]
+    return torch.stack(scores, -2), torch.stack(logdens, -1), torch.stack(descs, -1)
+
+
+# --------------------------------------------------------------------------- in-context mixture
+class Mixture(NamedTuple):
+    """Gaussian mixture, padded to a fixed number of components (padding has weight 0)."""
+    log_weight: torch.Tensor   # (B, K), −inf for padding
+    mean: torch.Tensor         # (B, K, d)
+    chol: torch.Tensor         # (B, K, d, d) Cholesky factors of the covariances
+
+    @property
+    def n_components(self) -> torch.Tensor:
+        """Components in use per batch element (B,)."""
+        return torch.isfinite(self.log_weight).sum(-1)
+
+
+def _component_log_prob(x: torch.Tensor, mix: Mixture, want_score: bool = False):
+    """``log w_k + log N(x | μ_k, Σ_k)`` (B,K,m), the component scores (B,K,m,d) or None, and the
+    whitened offsets ``z = L_k⁻¹(x − μ_k)`` (B,K,d,m)."""
+    half_log_det = torch.log(mix.chol.diagonal(dim1=-2, dim2=-1)).sum(-1)   # (B, K)
+    return _mixture_terms(x, mix.mean, mix.chol, half_log_det, want_score, log_weight=mix.log_weight, return_z=True)
+
+
+def _log_likelihood(x: torch.Tensor, mix: Mixture) -> torch.Tensor:
+    """``Σ_i log Σ_k w_k N(x_i | μ_k, Σ_k)`` (B,)."""
+    log_p, _, _ = _component_log_prob(x, mix)                                # (B, K, n)
+    return torch.logsumexp(log_p, 1).sum(-1)
+
+
+def _em(x: torch.Tensor, mix: Mixture, iters: int, shrink: float, ridge: float) -> tuple[Mixture, torch.Tensor]:
+    """``iters`` EM steps (Dempster, Laird & Rubin 1977) with shrunk covariances; returns the
+    mixture and its log-likelihood (B,)."""
+    B, n, d = x.shape
+    eye = torch.eye(d, dtype=x.dtype, device=x.device)
+    for _ in range(iters):
+        log_p, _, _ = _component_log_prob(x, mix)                            # (B, K, n)
+        resp = torch.softmax(log_p, 1)                                       # (B, K, n)
+        n_k = resp.sum(-1) + 1e-10                                           # (B, K)
+        mean = (resp @ x) / n_k[..., None]                                   # (B, K, d)
+        diff = x[:, None] - mean[:, :, None]                                 # (B, K, n, d)
+        cov = (resp[..., None] * diff).transpose(-1, -2) @ diff / n_k[..., None, None]  # (B, K, d, d)
+        rho = (shrink * d / (n_k + d)).clamp(max=1.0)[..., None, None]       # (B, K, 1, 1)
+        scale = cov.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]     # (B, K, 1, 1)
+        cov = (1 - rho) * cov + (rho * scale + ridge) * eye                  # (B, K, d, d)
+        mix = Mixture(torch.log(n_k / n), mean, torch.linalg.cholesky(cov))
+    return mix, _log_likelihood(x, mix)
+
+
+def _bic(k: int, loglik: torch.Tensor, n: int, d: int) -> torch.Tensor:
+    """BIC = −2·loglik + p·log n, p = K(d + d(d+1)/2) + K − 1 free parameters (Schwarz 1978)."""
+    return -2 * loglik + (k * (d + d * (d + 1) / 2) + k - 1) * math.log(n)
+
+
+@torch.no_grad()
+def fit_mixture(x: torch.Tensor, max_components: int, iters: int, shrink: float, ridge: float) -> Mixture:
+    """Gaussian mixture fitted to ``x`` (B,n,d) by EM, grown one split at a time, K by BIC.
+
+    K = 1 is the sample Gaussian (the maximum-likelihood single Gaussian, so EM has nothing to
+    do: only its log-likelihood is computed). K → K+1 splits the component j with the largest
+    ``w_j·λ_max`` along its principal axis ``v`` (eigenvalue λ) into two halves of weight
+    ``w_j/2`` with means ``μ ± δ``, ``δ = 0.8·√λ·v``, and covariance ``Σ − δδᵀ`` each: the pair
+    has exactly the parent's mean and covariance (½Σ_± [(Σ − δδᵀ) + δδᵀ] = Σ), and ``Σ − δδᵀ``
+    stays positive definite (0.36·λ along v), so EM starts from a moment-matched split
+    (as in Richardson & Green 1997). No random initialisation: the fit is a deterministic,
+    permutation-invariant function of the set. BIC picks K per batch element; K stops at
+    n/(2d). Runs in float64; returns a mixture padded to ``max_components``.
+    """
+    dtype = x.dtype
+    x = x.double()
+    B, n, d = x.shape
+    eye = torch.eye(d, dtype=x.dtype, device=x.device)
+    rows = torch.arange(B, device=x.device)
+    centred = x - x.mean(1, keepdim=True)                                    # (B, n, d)
+    cov = (centred.transpose(-1, -2) @ centred / n + ridge * eye)[:, None]   # (B, 1, d, d)
+    mix = Mixture(torch.zeros(B, 1, dtype=x.dtype, device=x.device), x.mean(1, keepdim=True),
+                  torch.linalg.cholesky(cov))
+    loglik = _log_likelihood(x, mix)
+
+    def padded(m: Mixture, k: int) -> Mixture:
+        extra = max_components - k
+        return Mixture(F.pad(m.log_weight, (0, extra), value=-math.inf), F.pad(m.mean, (0, 0, 0, extra)),
+                       torch.cat([m.chol, eye.expand(B, extra, d, d)], 1))
+
+    best, best_bic = padded(mix, 1), _bic(1, loglik, n, d)
+    for k in range(2, max_components + 1):
+        if k * d > n / 2:
+            break
+        cov = mix.chol @ mix.chol.transpose(-1, -2)                          # (B, k-1, d, d)
+        lam, vec = torch.linalg.eigh(cov)                                    # (B, k-1, d), (B, k-1, d, d)
+        j = (mix.log_weight + torch.log(lam[..., -1])).argmax(1)             # (B,) component to split
+        delta = 0.8 * lam[rows, j, -1, None].sqrt() * vec[rows, j, :, -1]    # (B, d)
+        cov_j = cov[rows, j] - delta[:, :, None] * delta[:, None, :]         # (B, d, d)
+        mean, log_w = mix.mean.clone(), mix.log_weight.clone()
+        mean[rows, j] += delta
+        log_w[rows, j] -= math.log(2)
+        cov[rows, j] = cov_j
+        mix = Mixture(torch.cat([log_w, log_w[rows, j, None]], 1),
+                      torch.cat([mean, (mix.mean[rows, j] - delta)[:, None]], 1),
+                      torch.linalg.cholesky(torch.cat([cov, cov_j[:, None]], 1)))
+        mix, loglik = _em(x, mix, iters, shrink, ridge)
+        score = _bic(k, loglik, n, d)
+        better = score < best_bic                                            # (B,)
+        best = Mixture(*(torch.where(better.view((B,) + (1,) * (new.dim() - 1)), new, old)
+                         for new, old in zip(padded(mix, k), best)))
+        best_bic = torch.where(better, score, best_bic)
+    return Mixture(best.log_weight.to(dtype), best.mean.to(dtype), best.chol.to(dtype))
+
+
+def mixture_candidate(mix: Mixture, qry: torch.Tensor):
+    """The fitted mixture at ``qry`` (B,m,d): score (B,m,d), log-density (B,m) and descriptors
+    (B,m,3): responsibility entropy, √(Mahalanobis²/d) to the likeliest component, and that
+    component's ``log w_k / 10`` (divided by 10 to be O(1), like the other descriptors)."""
+    log_p, comp_score, z = _component_log_prob(qry, mix, want_score=True)   # (B,K,m), (B,K,m,d), (B,K,d,m)
+    log_f = torch.logsumexp(log_p, 1)                                        # (B, m)
+    resp = torch.exp(log_p - log_f[:, None])                                 # (B, K, m)
+    score = (resp[..., None] * comp_score).sum(1)                            # (B, m, d)
+    entropy = -(resp * torch.log(resp.clamp_min(1e-30))).sum(1)              # (B, m)
+    top = resp.argmax(1, keepdim=True)                                       # (B, 1, m)
+    maha = (z * z).sum(-2)                                                   # (B, K, m) (y−μ)ᵀΣ⁻¹(y−μ)
+    d = qry.shape[-1]
+    # + 1e-8: a query on a one-point component's mean (maha = 0) must not give sqrt an infinite gradient
+    desc = torch.stack([entropy, torch.sqrt(maha.gather(1, top)[:, 0] / d + 1e-8),
+                        mix.log_weight.gather(1, top[:, 0]) / 10], -1)      # (B, m, 3)
+    return score, log_f, desc
+
+
+# --------------------------------------------------------------------------- all candidates
+def evaluate_candidates(config, ctx_w: torch.Tensor, mixture: Mixture | None, qry_w: torch.Tensor) -> Candidates:
+    """The bank at bandwidths ``c_b·n^{-1/(d+4)}`` (``config.kde_bandwidths`` then
+    ``config.local_bandwidths``), then the mixture if fitted: K candidates at ``qry_w`` (B,m,d)."""
+    B, n, d = ctx_w.shape
+    scott = n ** (-1.0 / (d + 4))
+    cand_s, cand_l, desc = kernel_bank(ctx_w, qry_w, [c * scott for c in config.kde_bandwidths],
+                                       [c * scott for c in config.local_bandwidths], config.local_ridge)
+    if mixture is not None:
+        mix_s, mix_l, mix_desc = mixture_candidate(mixture, qry_w)          # (B,m,d), (B,m), (B,m,3)
+        cand_s = torch.cat([cand_s, mix_s[..., None, :]], -2)                # (B, m, K, d)
+        cand_l = torch.cat([cand_l, mix_l[..., None]], -1)                   # (B, m, K)
+        desc = torch.cat([desc, mix_desc], -1)                               # (B, m, K·N_DESCRIPTORS)
+    return Candidates(cand_s, cand_l, desc)

@@ -1,1 +1,0 @@
-"""Builds DiScoFormer's pretrained weights from random Gaussian mixtures (``python -m training``)."""
