@@ -31,11 +31,18 @@ class AffineFrame(NamedTuple):
     log_det: torch.Tensor
 
     @classmethod
-    def fit(cls, context: torch.Tensor, ridge: float) -> "AffineFrame":
-        """The frame of ``context`` (B,n,d); ValueError if its covariance is singular or not finite."""
-        n = context.shape[-2]
-        mean = context.mean(-2, keepdim=True)                                # (B, 1, d)
-        centred = context - mean                                             # (B, n, d)
+    def fit(cls, context: torch.Tensor, ridge: float, mask: torch.Tensor | None = None) -> "AffineFrame":
+        """The frame of ``context`` (B,n,d) (only the points where ``mask`` (B,n) is True);
+        ValueError if its covariance is singular or not finite."""
+        if mask is None:
+            n = context.shape[-2]
+            mean = context.mean(-2, keepdim=True)                            # (B, 1, d)
+            centred = context - mean                                         # (B, n, d)
+        else:
+            weight = mask[..., None].to(context.dtype)                       # (B, n, 1)
+            n = weight.sum(-2, keepdim=True)                                 # (B, 1, 1) points per element
+            mean = (context * weight).sum(-2, keepdim=True) / n              # (B, 1, d)
+            centred = (context - mean) * weight                              # (B, n, d) padding at 0
         cov = centred.transpose(-1, -2) @ centred / (n - 1)                  # (B, d, d)
         cov = cov + ridge * torch.diag_embed(cov.diagonal(dim1=-2, dim2=-1))  # (B, d, d)
         chol, info = torch.linalg.cholesky_ex(cov)                           # (B, d, d)
@@ -62,16 +69,20 @@ class AffineFrame(NamedTuple):
 class EncodedContext(NamedTuple):
     """Everything the queries need from one context: its frame, the whitened context (B,n,d),
     the context tokens after each self-attention block (list of (B,n,W)) and the fitted mixture
-    (None without a mixture candidate)."""
+    (None without a mixture candidate); ``mask`` and ``counts`` for a padded batch."""
     frame: AffineFrame
     ctx_w: torch.Tensor
     layers: list
     mixture: Mixture | None
+    mask: torch.Tensor | None = None    # (B, n) valid points of a padded batch
+    counts: list | None = None          # valid points per element of a padded batch
 
 
 class WhitenedModel(nn.Module):
     """``forward(context (B,n,d), queries (B,m,d)) -> (log f (B,m), score (B,m,d))`` in the
-    original coordinates; ``encode`` once, then ``predict`` queries in chunks."""
+    original coordinates; ``encode`` once, then ``predict`` queries in chunks. A padded batch of
+    contexts of different sizes passes ``counts`` (B ints) to ``encode``: element b uses its first
+    ``counts[b]`` points, exactly as if it were alone."""
 
     def __init__(self, net: DiScoFormerNet):
         super().__init__()
@@ -81,22 +92,32 @@ class WhitenedModel(nn.Module):
     def config(self):
         return self.net.config
 
-    def encode(self, context: torch.Tensor, mixture: Mixture | None = None) -> EncodedContext:
+    def encode(self, context: torch.Tensor, mixture: Mixture | None = None,
+               counts: list[int] | None = None) -> EncodedContext:
         """Whiten ``context`` (B,n,d), fit the mixture candidate (unless ``mixture`` is given) and
-        encode the context tokens."""
+        encode the context tokens. ``counts``: valid points per element of a padded batch."""
         c = self.net.config
-        frame = AffineFrame.fit(context, c.whiten_ridge)
+        mask = None
+        if counts is not None:
+            counts = [int(k) for k in counts]
+            mask = torch.arange(context.shape[1], device=context.device) < torch.tensor(
+                counts, device=context.device)[:, None]                      # (B, n)
+            context = context.masked_fill(~mask[..., None], 0.0)             # (B, n, d) padding at 0
+        frame = AffineFrame.fit(context, c.whiten_ridge, mask)
         ctx_w = frame.whiten(context)                                        # (B, n, d)
+        if mask is not None:
+            ctx_w = ctx_w.masked_fill(~mask[..., None], 0.0)                 # (B, n, d)
         if mixture is None and c.mixture_components:
-            mixture = fit_mixture(ctx_w, c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge)
-        return EncodedContext(frame, ctx_w, self.net.encode_context(ctx_w), mixture)
+            mixture = fit_mixture(ctx_w, c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge,
+                                  mask)
+        return EncodedContext(frame, ctx_w, self.net.encode_context(ctx_w, mask), mixture, mask, counts)
 
     def candidates(self, enc: EncodedContext, qry_w: torch.Tensor) -> Candidates:
-        return evaluate_candidates(self.net.config, enc.ctx_w, enc.mixture, qry_w)
+        return evaluate_candidates(self.net.config, enc.ctx_w, enc.mixture, qry_w, enc.counts, enc.mask)
 
     def decode_whitened(self, enc: EncodedContext, qry_w: torch.Tensor):
         """Whitened log-density (B,m) and score (B,m,d) at whitened queries (B,m,d)."""
-        return self.net(qry_w, enc.layers, self.candidates(enc, qry_w))
+        return self.net(qry_w, enc.layers, self.candidates(enc, qry_w), enc.mask, enc.counts)
 
     def predict(self, enc: EncodedContext, queries: torch.Tensor, chunk: int | None = None):
         """Log-density (B,m) and score (B,m,d) at ``queries`` (original coordinates); queries go

@@ -45,32 +45,49 @@ class Candidates(NamedTuple):
 
 
 # --------------------------------------------------------------------------- kernel bank
-def kernel_bank(ctx: torch.Tensor, qry: torch.Tensor, kde_h: list[float], local_h: list[float],
-                local_ridge: float):
+def _per_element(values: list[float], like: torch.Tensor, dims: int) -> torch.Tensor:
+    """Per-batch-element constants (B,) -> (B, 1, …) with ``dims`` trailing singleton axes."""
+    return torch.tensor(values, dtype=torch.float64, device=like.device).to(like.dtype).view(-1, *([1] * dims))
+
+
+def kernel_bank(ctx: torch.Tensor, qry: torch.Tensor, kde_c: list[float], local_c: list[float],
+                local_ridge: float, counts: list[int] | None = None, mask: torch.Tensor | None = None):
     """KDE and local-Gaussian estimates at several bandwidths, in whitened coordinates.
 
-    ctx (B,n,d), qry (B,m,d); ``kde_h`` and ``local_h`` absolute bandwidths (K = their total).
+    ctx (B,n,d), qry (B,m,d); bandwidths ``h = c·n_b^{-1/(d+4)}`` for ``c`` in ``kde_c`` then
+    ``local_c`` (K = their total), with ``n_b`` the context size of batch element b (``counts``;
+    default n). ``mask`` (B,n) marks the valid context points of a padded batch.
     Returns candidate scores (B,m,K,d), candidate log-densities (B,m,K) and descriptors
     (B,m,K·N_DESCRIPTORS). The local fit's covariance is shrunk towards ``h²I`` (the flat-density
     limit, where it equals KDE) with weight ``d/(N_eff + d)``.
     """
     B, n, d = ctx.shape
     m = qry.shape[1]
+    counts = [n] * B if counts is None else counts
     eye = torch.eye(d, dtype=ctx.dtype, device=ctx.device)
     keys = torch.cat([ctx, -0.5 * (ctx * ctx).sum(-1, keepdim=True)], -1)    # (B, n, d+1) [x, −½‖x‖²]
     queries = torch.cat([qry, torch.ones_like(qry[..., :1])], -1)           # (B, m, d+1) [y, 1]
     ctx_outer = (ctx[..., :, None] * ctx[..., None, :]).reshape(B, n, d * d)  # (B, n, d²)
     values = torch.cat([ctx, ctx_outer], -1)                                 # (B, n, d + d²)
     dot = queries @ keys.transpose(-1, -2)                                   # (B, m, n) = y·x − ½‖x‖²
+    if mask is not None:
+        dot = dot.masked_fill(~mask[:, None, :], -math.inf)                  # (B, m, n) padding: weight 0
     half_sq_q = 0.5 * (qry * qry).sum(-1)                                    # (B, m)
+    log_n = _per_element([math.log(k) for k in counts], ctx, 1)              # (B, 1)
     scores, logdens, descs = [], [], []
-    for h, local in [(h, False) for h in kde_h] + [(h, True) for h in local_h]:
-        inv_h2 = 1.0 / (h * h)
+    for c, local in [(c, False) for c in kde_c] + [(c, True) for c in local_c]:
+        hs = [c * k ** (-1.0 / (d + 4)) for k in counts]                     # B bandwidths
+        h = _per_element(hs, ctx, 1)                                         # (B, 1)
+        h2 = _per_element([x * x for x in hs], ctx, 2)                       # (B, 1, 1)
+        inv_h2 = _per_element([1.0 / (x * x) for x in hs], ctx, 2)           # (B, 1, 1)
+        log_h2 = _per_element([math.log(x * x) for x in hs], ctx, 1)         # (B, 1)
+        d_log_h2 = _per_element([d * math.log(x * x) for x in hs], ctx, 1)   # (B, 1)
+        log_norm = _per_element([0.5 * d * math.log(2 * math.pi * x * x) for x in hs], ctx, 1)  # (B, 1)
         logits = dot * inv_h2                                                # (B, m, n)
         lse = torch.logsumexp(logits, -1)                                    # (B, m)
         weights = torch.exp(logits - lse[..., None])                         # (B, m, n)
         n_eff = 1.0 / (weights * weights).sum(-1)                            # (B, m) Kish's effective size
-        kde_log = lse - inv_h2 * half_sq_q - math.log(n) - 0.5 * d * math.log(2 * math.pi * h * h)  # (B, m)
+        kde_log = lse - inv_h2[..., 0] * half_sq_q - log_n - log_norm        # (B, m)
         if not local:
             local_mean = weights @ ctx                                       # (B, m, d)
             shift = local_mean - qry                                         # (B, m, d)
@@ -83,15 +100,15 @@ def kernel_bank(ctx: torch.Tensor, qry: torch.Tensor, kde_h: list[float], local_
         second = moments[..., d:].reshape(B, m, d, d)                        # (B, m, d, d)
         cov = second - local_mean[..., :, None] * local_mean[..., None, :]   # (B, m, d, d)
         shrink = (d / (n_eff + d))[..., None, None]                          # (B, m, 1, 1)
-        cov = (1 - shrink) * cov + (shrink + local_ridge) * (h * h) * eye    # (B, m, d, d)
+        cov = (1 - shrink) * cov + (shrink + local_ridge) * h2[..., None] * eye  # (B, m, d, d)
         chol, _ = torch.linalg.cholesky_ex(cov)                              # (B, m, d, d)
         shift = local_mean - qry                                             # (B, m, d)
         local_score = torch.cholesky_solve(shift[..., None], chol)[..., 0]   # (B, m, d) = C⁻¹(m − y)
         log_det_cov = 2 * torch.log(chol.diagonal(dim1=-2, dim2=-1)).sum(-1)  # (B, m)
-        local_log = kde_log + 0.5 * (d * math.log(h * h) - log_det_cov) - 0.5 * (shift * local_score).sum(-1)
+        local_log = kde_log + 0.5 * (d_log_h2 - log_det_cov) - 0.5 * (shift * local_score).sum(-1)
         scores.append(local_score)
         logdens.append(local_log)
-        descs += [torch.log(n_eff), shift.norm(dim=-1) / h, log_det_cov / d - math.log(h * h)]
+        descs += [torch.log(n_eff), shift.norm(dim=-1) / h, log_det_cov / d - log_h2]
     return torch.stack(scores, -2), torch.stack(logdens, -1), torch.stack(descs, -1)
 
 
@@ -115,20 +132,25 @@ def _component_log_prob(x: torch.Tensor, mix: Mixture, want_score: bool = False)
     return _mixture_terms(x, mix.mean, mix.chol, half_log_det, want_score, log_weight=mix.log_weight, return_z=True)
 
 
-def _log_likelihood(x: torch.Tensor, mix: Mixture) -> torch.Tensor:
-    """``Σ_i log Σ_k w_k N(x_i | μ_k, Σ_k)`` (B,)."""
+def _log_likelihood(x: torch.Tensor, mix: Mixture, omega: torch.Tensor | None = None) -> torch.Tensor:
+    """``Σ_i ω_i log Σ_k w_k N(x_i | μ_k, Σ_k)`` (B,); ``omega`` (B,n) masks padding (default 1)."""
     log_p, _, _ = _component_log_prob(x, mix)                                # (B, K, n)
-    return torch.logsumexp(log_p, 1).sum(-1)
+    log_f = torch.logsumexp(log_p, 1)                                        # (B, n)
+    return (log_f if omega is None else log_f * omega).sum(-1)
 
 
-def _em(x: torch.Tensor, mix: Mixture, iters: int, shrink: float, ridge: float) -> tuple[Mixture, torch.Tensor]:
+def _em(x: torch.Tensor, mix: Mixture, iters: int, shrink: float, ridge: float,
+        omega: torch.Tensor | None = None) -> tuple[Mixture, torch.Tensor]:
     """``iters`` EM steps (Dempster, Laird & Rubin 1977) with shrunk covariances; returns the
-    mixture and its log-likelihood (B,)."""
+    mixture and its log-likelihood (B,). ``omega`` (B,n): 1 for points, 0 for padding."""
     B, n, d = x.shape
+    n_b = n if omega is None else omega.sum(-1, keepdim=True)                # points per element
     eye = torch.eye(d, dtype=x.dtype, device=x.device)
     for _ in range(iters):
         log_p, _, _ = _component_log_prob(x, mix)                            # (B, K, n)
         resp = torch.softmax(log_p, 1)                                       # (B, K, n)
+        if omega is not None:
+            resp = resp * omega[:, None]                                     # (B, K, n) padding: no weight
         n_k = resp.sum(-1) + 1e-10                                           # (B, K)
         mean = (resp @ x) / n_k[..., None]                                   # (B, K, d)
         diff = x[:, None] - mean[:, :, None]                                 # (B, K, n, d)
@@ -136,17 +158,13 @@ def _em(x: torch.Tensor, mix: Mixture, iters: int, shrink: float, ridge: float) 
         rho = (shrink * d / (n_k + d)).clamp(max=1.0)[..., None, None]       # (B, K, 1, 1)
         scale = cov.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]     # (B, K, 1, 1)
         cov = (1 - rho) * cov + (rho * scale + ridge) * eye                  # (B, K, d, d)
-        mix = Mixture(torch.log(n_k / n), mean, torch.linalg.cholesky(cov))
-    return mix, _log_likelihood(x, mix)
-
-
-def _bic(k: int, loglik: torch.Tensor, n: int, d: int) -> torch.Tensor:
-    """BIC = −2·loglik + p·log n, p = K(d + d(d+1)/2) + K − 1 free parameters (Schwarz 1978)."""
-    return -2 * loglik + (k * (d + d * (d + 1) / 2) + k - 1) * math.log(n)
+        mix = Mixture(torch.log(n_k / n_b), mean, torch.linalg.cholesky(cov))
+    return mix, _log_likelihood(x, mix, omega)
 
 
 @torch.no_grad()
-def fit_mixture(x: torch.Tensor, max_components: int, iters: int, shrink: float, ridge: float) -> Mixture:
+def fit_mixture(x: torch.Tensor, max_components: int, iters: int, shrink: float, ridge: float,
+                mask: torch.Tensor | None = None) -> Mixture:
     """Gaussian mixture fitted to ``x`` (B,n,d) by EM, grown one split at a time, K by BIC.
 
     K = 1 is the sample Gaussian (the maximum-likelihood single Gaussian, so EM has nothing to
@@ -156,28 +174,44 @@ def fit_mixture(x: torch.Tensor, max_components: int, iters: int, shrink: float,
     has exactly the parent's mean and covariance (½Σ_± [(Σ − δδᵀ) + δδᵀ] = Σ), and ``Σ − δδᵀ``
     stays positive definite (0.36·λ along v), so EM starts from a moment-matched split
     (as in Richardson & Green 1997). No random initialisation: the fit is a deterministic,
-    permutation-invariant function of the set. BIC picks K per batch element; K stops at
-    n/(2d). Runs in float64; returns a mixture padded to ``max_components``.
+    permutation-invariant function of the set. BIC = −2·loglik + p·log n with
+    p = K(d + d(d+1)/2) + K − 1 free parameters (Schwarz 1978) picks K per batch element; K
+    stops at n/(2d). ``mask`` (B,n) marks the valid points of a padded batch. Runs in float64;
+    returns a mixture padded to ``max_components``.
     """
     dtype = x.dtype
     x = x.double()
     B, n, d = x.shape
     eye = torch.eye(d, dtype=x.dtype, device=x.device)
     rows = torch.arange(B, device=x.device)
-    centred = x - x.mean(1, keepdim=True)                                    # (B, n, d)
-    cov = (centred.transpose(-1, -2) @ centred / n + ridge * eye)[:, None]   # (B, 1, d, d)
-    mix = Mixture(torch.zeros(B, 1, dtype=x.dtype, device=x.device), x.mean(1, keepdim=True),
-                  torch.linalg.cholesky(cov))
-    loglik = _log_likelihood(x, mix)
+    omega = None if mask is None else mask.to(x.dtype)                       # (B, n)
+    if omega is None:
+        mean0 = x.mean(1, keepdim=True)                                      # (B, 1, d)
+        centred = x - mean0                                                  # (B, n, d)
+        cov = (centred.transpose(-1, -2) @ centred / n + ridge * eye)[:, None]  # (B, 1, d, d)
+        counts = torch.full((B,), float(n), dtype=x.dtype, device=x.device)  # (B,)
+        log_n = math.log(n)
+    else:
+        counts = omega.sum(-1)                                               # (B,)
+        x = x * omega[..., None]                                             # (B, n, d) padding at 0
+        mean0 = x.sum(1, keepdim=True) / counts[:, None, None]               # (B, 1, d)
+        centred = (x - mean0) * omega[..., None]                             # (B, n, d)
+        cov = (centred.transpose(-1, -2) @ centred / counts[:, None, None] + ridge * eye)[:, None]
+        log_n = torch.log(counts)                                            # (B,)
+    mix = Mixture(torch.zeros(B, 1, dtype=x.dtype, device=x.device), mean0, torch.linalg.cholesky(cov))
+    loglik = _log_likelihood(x, mix, omega)
 
     def padded(m: Mixture, k: int) -> Mixture:
         extra = max_components - k
         return Mixture(F.pad(m.log_weight, (0, extra), value=-math.inf), F.pad(m.mean, (0, 0, 0, extra)),
                        torch.cat([m.chol, eye.expand(B, extra, d, d)], 1))
 
-    best, best_bic = padded(mix, 1), _bic(1, loglik, n, d)
+    def bic(k: int, ll: torch.Tensor) -> torch.Tensor:
+        return -2 * ll + (k * (d + d * (d + 1) / 2) + k - 1) * log_n
+
+    best, best_bic = padded(mix, 1), bic(1, loglik)
     for k in range(2, max_components + 1):
-        if k * d > n / 2:
+        if k * d > float(counts.max()) / 2:
             break
         cov = mix.chol @ mix.chol.transpose(-1, -2)                          # (B, k-1, d, d)
         lam, vec = torch.linalg.eigh(cov)                                    # (B, k-1, d), (B, k-1, d, d)
@@ -191,9 +225,11 @@ def fit_mixture(x: torch.Tensor, max_components: int, iters: int, shrink: float,
         mix = Mixture(torch.cat([log_w, log_w[rows, j, None]], 1),
                       torch.cat([mean, (mix.mean[rows, j] - delta)[:, None]], 1),
                       torch.linalg.cholesky(torch.cat([cov, cov_j[:, None]], 1)))
-        mix, loglik = _em(x, mix, iters, shrink, ridge)
-        score = _bic(k, loglik, n, d)
+        mix, loglik = _em(x, mix, iters, shrink, ridge, omega)
+        score = bic(k, loglik)
         better = score < best_bic                                            # (B,)
+        if omega is not None:
+            better = better & (k * d <= counts / 2)                          # (B,) per-element cap
         best = Mixture(*(torch.where(better.view((B,) + (1,) * (new.dim() - 1)), new, old)
                          for new, old in zip(padded(mix, k), best)))
         best_bic = torch.where(better, score, best_bic)
@@ -219,13 +255,13 @@ def mixture_candidate(mix: Mixture, qry: torch.Tensor):
 
 
 # --------------------------------------------------------------------------- all candidates
-def evaluate_candidates(config, ctx_w: torch.Tensor, mixture: Mixture | None, qry_w: torch.Tensor) -> Candidates:
-    """The bank at bandwidths ``c_b·n^{-1/(d+4)}`` (``config.kde_bandwidths`` then
-    ``config.local_bandwidths``), then the mixture if fitted: K candidates at ``qry_w`` (B,m,d)."""
-    B, n, d = ctx_w.shape
-    scott = n ** (-1.0 / (d + 4))
-    cand_s, cand_l, desc = kernel_bank(ctx_w, qry_w, [c * scott for c in config.kde_bandwidths],
-                                       [c * scott for c in config.local_bandwidths], config.local_ridge)
+def evaluate_candidates(config, ctx_w: torch.Tensor, mixture: Mixture | None, qry_w: torch.Tensor,
+                        counts: list[int] | None = None, mask: torch.Tensor | None = None) -> Candidates:
+    """The bank at ``config.kde_bandwidths`` then ``config.local_bandwidths`` (times the Scott
+    factor), then the mixture if fitted: K candidates at ``qry_w`` (B,m,d). ``counts``/``mask``:
+    padded batch (see :func:`kernel_bank`)."""
+    cand_s, cand_l, desc = kernel_bank(ctx_w, qry_w, list(config.kde_bandwidths), list(config.local_bandwidths),
+                                       config.local_ridge, counts, mask)
     if mixture is not None:
         mix_s, mix_l, mix_desc = mixture_candidate(mixture, qry_w)          # (B,m,d), (B,m), (B,m,3)
         cand_s = torch.cat([cand_s, mix_s[..., None, :]], -2)                # (B, m, K, d)

@@ -18,6 +18,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -224,6 +225,48 @@ class DiScoFormer(ScoreEstimator):
         self._check(x)
         enc = self._prepare(x)
         return float(self._consistency(enc, self._adaptation_queries(enc.ctx_w), create_graph=False).detach())
+
+    def evaluate_cells(self, contexts, counts):
+        """Log-density and score of many independent contexts in one batched call (e.g. the
+        velocity ensembles of the spatial cells of a particle-in-cell run).
+
+        ``evaluate_cells(contexts (C, n_max, d), counts (C,)) -> (log_f (C, n_max), score (C, n_max, d))``
+
+        Cell c holds its particles in rows ``contexts[c, :counts[c]]``; the rest is padding
+        (any finite values, ignored). Each cell is estimated at its own particles exactly as
+        ``self(contexts[c, :counts[c]])`` would (same whitening, bandwidths, mixture fit and
+        context size; equal to float round-off), with padded rows of the outputs set to 0.
+        numpy in -> numpy out, torch in -> torch out. Test-time adaptation is per context, so this
+        batched call requires ``adapt_steps == 0`` (it uses the current head).
+        """
+        if self.adapt_steps:
+            raise ValueError("evaluate_cells does not adapt the head per cell; use adapt_steps=0")
+        is_numpy = not isinstance(contexts, torch.Tensor)
+        x = torch.as_tensor(np.asarray(contexts) if is_numpy else contexts)
+        if x.ndim != 3 or x.shape[2] != self.dim or not x.is_floating_point():
+            raise ValueError(f"contexts must be a float array of shape (C, n_max, {self.dim}), got "
+                             f"{tuple(x.shape)} of {x.dtype}")
+        k = torch.as_tensor(np.asarray(counts) if not isinstance(counts, torch.Tensor) else counts)
+        if k.shape != (x.shape[0],) or k.is_floating_point() or k.dtype == torch.bool:
+            raise ValueError(f"counts must be an integer array of shape ({x.shape[0]},), got {tuple(k.shape)} of {k.dtype}")
+        counts_list = [int(c) for c in k.tolist()]
+        C, n_max, d = x.shape
+        if any(c < d + 1 or c > n_max for c in counts_list):
+            raise ValueError(f"every count must be between d+1 = {d + 1} (to whiten) and n_max = {n_max}; got "
+                             f"{[c for c in counts_list if c < d + 1 or c > n_max][:5]}")
+        mask = torch.arange(n_max) < k[:, None].to(torch.long)               # (C, n_max)
+        if not bool(torch.isfinite(x[mask]).all()):
+            raise ValueError("contexts hold NaN or infinite values in their valid rows")
+        if C == 0:
+            return (np.zeros((0, n_max)), np.zeros((0, n_max, d))) if is_numpy else (x[..., 0] * 0, x * 0)
+        ctx = x.to(self._model_dtype())                                      # (C, n_max, d)
+        with torch.no_grad():
+            enc = self.model.encode(ctx, counts=counts_list)
+            log_f, score = self.model.predict(enc, ctx)                     # (C, n_max), (C, n_max, d)
+        mask = mask.to(log_f.device)
+        log_f = torch.where(mask, log_f, 0.0).to(x.dtype)                   # (C, n_max)
+        score = torch.where(mask[..., None], score, 0.0).to(x.dtype)        # (C, n_max, d)
+        return (log_f.numpy(), score.numpy()) if is_numpy else (log_f, score)
 
     def _evaluate(self, context, queries):
         self._check(context)

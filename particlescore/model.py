@@ -78,7 +78,8 @@ class MLP(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention of ``x`` (B,m,W) over ``source`` (B,n,W) (self-attention if same)."""
+    """Multi-head attention of ``x`` (B,m,W) over ``source`` (B,n,W) (self-attention if same);
+    ``mask`` (B,n) hides padded sources."""
 
     def __init__(self, width: int, n_heads: int):
         super().__init__()
@@ -87,12 +88,13 @@ class Attention(nn.Module):
         self.kv = nn.Linear(width, 2 * width)
         self.proj = nn.Linear(width, width)
 
-    def forward(self, x, source):
+    def forward(self, x, source, mask=None):
         B, m, W = x.shape
         n, H = source.shape[1], self.n_heads
         q = self.q(x).view(B, m, H, W // H).transpose(1, 2)                  # (B, H, m, W/H)
         k, v = self.kv(source).view(B, n, 2, H, W // H).permute(2, 0, 3, 1, 4)  # 2 × (B, H, n, W/H)
-        out = F.scaled_dot_product_attention(q, k, v)                        # (B, H, m, W/H)
+        attn_mask = None if mask is None else mask[:, None, None, :]         # (B, 1, 1, n) valid sources
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)   # (B, H, m, W/H)
         return self.proj(out.transpose(1, 2).reshape(B, m, W))               # (B, m, W)
 
 
@@ -108,10 +110,10 @@ class Block(nn.Module):
         self.ln_mlp = nn.LayerNorm(width)
         self.mlp = MLP(width, mlp_ratio)
 
-    def forward(self, x, source=None):
+    def forward(self, x, source=None, mask=None):
         x_n = self.ln_x(x)                                                   # (B, m, W)
         src = x_n if self.ln_src is None else self.ln_src(source)            # (B, n, W)
-        x = x + self.attn(x_n, src)                                          # (B, m, W)
+        x = x + self.attn(x_n, src, mask)                                    # (B, m, W)
         return x + self.mlp(self.ln_mlp(x))                                  # (B, m, W)
 
 
@@ -164,25 +166,30 @@ class DiScoFormerNet(nn.Module):
         """Parameters tuned by test-time adaptation: the output norm and head."""
         return [*self.ln_out.parameters(), *self.head.parameters()]
 
-    def encode_context(self, ctx_w: torch.Tensor) -> list[torch.Tensor]:
-        """Context tokens after each self-attention block: a list of (B,n,W)."""
+    def encode_context(self, ctx_w: torch.Tensor, mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Context tokens after each self-attention block: a list of (B,n,W). ``mask`` (B,n)
+        marks the valid points of a padded batch."""
         lift = (ctx_w * ctx_w).sum(-1, keepdim=True) / self.config.dim       # (B, n, 1)
         tokens = self.embed_ctx(torch.cat([ctx_w, lift], -1))                # (B, n, W)
         layers = []
         for block in self.ctx_blocks:
-            tokens = block(tokens)                                           # (B, n, W)
+            tokens = block(tokens, mask=mask)                                # (B, n, W)
             layers.append(tokens)
         return layers
 
-    def forward(self, qry_w: torch.Tensor, layers: list[torch.Tensor], cand: Candidates):
-        """Whitened log-density (B,m) and score (B,m,d) at ``qry_w`` (B,m,d)."""
-        n, d = layers[0].shape[1], self.config.dim
+    def forward(self, qry_w: torch.Tensor, layers: list[torch.Tensor], cand: Candidates,
+                mask: torch.Tensor | None = None, counts: list[int] | None = None):
+        """Whitened log-density (B,m) and score (B,m,d) at ``qry_w`` (B,m,d); ``mask`` (B,n) and
+        ``counts`` (B ints) describe a padded batch of contexts."""
+        (B, n), d = layers[0].shape[:2], self.config.dim
+        counts = [n] * B if counts is None else counts
         # log n / 10: O(1) for n = 10…10⁵, like the other inputs
-        log_n = torch.full_like(qry_w[..., :1], math.log(n) / 10)            # (B, m, 1)
+        log_n = torch.tensor([math.log(k) / 10 for k in counts], dtype=torch.float64, device=qry_w.device)
+        log_n = log_n.to(qry_w.dtype)[:, None, None].expand(B, qry_w.shape[1], 1)  # (B, m, 1)
         feats = torch.cat([qry_w, (qry_w * qry_w).sum(-1, keepdim=True) / d, log_n, cand.descriptors], -1)
         tokens = self.embed_qry(feats)                                       # (B, m, W)
         for block, source in zip(self.qry_blocks, layers):
-            tokens = block(tokens, source)                                   # (B, m, W)
+            tokens = block(tokens, source, mask)                             # (B, m, W)
         out = self.head(self.ln_out(tokens))                                 # (B, m, 2K + d + 1)
         gate_s = torch.softmax(out[..., self.layout.score_gates], -1)        # (B, m, K)
         gate_l = torch.softmax(out[..., self.layout.log_gates], -1)          # (B, m, K)

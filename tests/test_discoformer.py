@@ -254,3 +254,46 @@ def test_adaptation_stays_finite_when_a_mixture_component_sits_on_one_point():
     _, score = est(x, y)
     assert torch.isfinite(score).all()
     assert math.isfinite(est.diagnostics()["consistency_loss"])
+
+
+@pytest.mark.parametrize("dim", [1, 3])
+def test_evaluate_cells_equals_a_loop_over_cells(dim):
+    """The padded batched call gives each cell what a call on that cell alone gives."""
+    g = torch.Generator().manual_seed(11 + dim)
+    counts = torch.tensor([dim + 1, 40, 100, 33, 64])
+    ctx = torch.randn(5, 100, dim, generator=g, dtype=torch.float64) * torch.linspace(0.5, 3.0, dim, dtype=torch.float64)
+    ctx[1, 40:] = 1e6  # padding is ignored whatever its (finite) values
+    est = random_net(dim, mixture_components=4)  # float64 network: only summation order differs
+    log_f, score = est.evaluate_cells(ctx, counts)
+    assert log_f.shape == (5, 100) and score.shape == (5, 100, dim)
+    for c, k in enumerate(counts.tolist()):
+        log_1, score_1 = est(ctx[c, :k])
+        # float64 and the same operations up to masked (zero) terms: round-off only
+        torch.testing.assert_close(log_f[c, :k], log_1, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(score[c, :k], score_1, rtol=1e-9, atol=1e-9)
+        assert (log_f[c, k:] == 0).all() and (score[c, k:] == 0).all()
+    # the shipped float32 weights: agreement to float32 round-off (eps 1.2e-7, here ≤ 2e-6 observed)
+    est = ps.DiScoFormer.pretrained(dim=dim)
+    log_f, score = est.evaluate_cells(ctx.numpy(), counts.numpy())
+    assert isinstance(score, np.ndarray)
+    for c, k in enumerate(counts.tolist()):
+        log_1, score_1 = est(ctx[c, :k].numpy())
+        np.testing.assert_allclose(log_f[c, :k], log_1, rtol=0, atol=2e-5)
+        np.testing.assert_allclose(score[c, :k], score_1, rtol=0, atol=2e-5 * np.abs(score_1).max())
+
+
+def test_evaluate_cells_rejects_bad_input():
+    est = random_net(2)
+    x = torch.zeros(3, 10, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"shape \(C, n_max, 2\)"):
+        est.evaluate_cells(x[..., :1], torch.tensor([5, 5, 5]))
+    with pytest.raises(ValueError, match="counts must be an integer array"):
+        est.evaluate_cells(x, torch.tensor([5.0, 5.0, 5.0]))
+    with pytest.raises(ValueError, match=r"between d\+1 = 3 .* n_max = 10"):
+        est.evaluate_cells(x, torch.tensor([5, 2, 11]))
+    x[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        est.evaluate_cells(x, torch.tensor([5, 5, 5]))
+    est.adapt_steps = 1
+    with pytest.raises(ValueError, match="adapt_steps=0"):
+        est.evaluate_cells(x, torch.tensor([5, 5, 5]))
