@@ -50,6 +50,19 @@ def available_dims() -> tuple[int, ...]:
     return tuple(sorted(dims))
 
 
+def recorded_sha256(dim: int) -> str:
+    """The sha256 recorded for the shipped weights of dimension ``dim`` in their JSON model card
+    (written by training next to the weights file; ValueError if the card is missing or broken)."""
+    card = weights_path(dim).with_suffix(".json")
+    try:
+        sha = json.loads(card.read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"cannot read the checksum of the shipped weights from {card}: {err}") from err
+    if not (isinstance(sha, str) and len(sha) == 64):
+        raise ValueError(f"{card} records no valid sha256 (got {sha!r})")
+    return sha
+
+
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -138,14 +151,22 @@ class DiScoFormer(ScoreEstimator):
         if not path.is_file():
             raise ValueError(f"no pretrained DiScoFormer weights for dim={dim}; available dims: "
                              f"{list(available_dims())} (train with `python -m particlescore.training --dim {dim}`)")
-        return cls.from_file(path, adapt_steps=adapt_steps, adapt_lr=adapt_lr, warm_start=warm_start)
+        return cls.from_file(path, adapt_steps=adapt_steps, adapt_lr=adapt_lr, warm_start=warm_start,
+                             expected_sha256=recorded_sha256(dim))
 
     @classmethod
     def from_file(cls, path, *, adapt_steps: int = 0, adapt_lr: float = 1e-3,
-                  warm_start: bool = False) -> "DiScoFormer":
+                  warm_start: bool = False, expected_sha256: str | None = None) -> "DiScoFormer":
+        """Weights from any file written by :func:`save_weights`; with ``expected_sha256`` the
+        file's checksum must match (ValueError otherwise)."""
+        sha = file_sha256(path) if Path(path).is_file() else None
+        if expected_sha256 is not None and sha is not None and sha != expected_sha256:
+            raise ValueError(f"weights file {path} is corrupt or was modified: its sha256 is {sha}, but "
+                             f"{expected_sha256} was recorded for it; reinstall particlescore (or rebuild the "
+                             f"weights with `python -m particlescore.training`)")
         net, _ = load_weights(path)
         return cls(net, adapt_steps=adapt_steps, adapt_lr=adapt_lr, warm_start=warm_start,
-                   source=Path(path).name, sha256=file_sha256(path))
+                   source=Path(path).name, sha256=sha)
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:

@@ -297,3 +297,34 @@ def test_evaluate_cells_rejects_bad_input():
     est.adapt_steps = 1
     with pytest.raises(ValueError, match="adapt_steps=0"):
         est.evaluate_cells(x, torch.tensor([5, 5, 5]))
+
+
+def test_pretrained_rejects_a_bit_flipped_weights_file(tmp_path, monkeypatch):
+    """One flipped bit in the tensor data loads silently as safetensors; the checksum recorded
+    in the shipped model card catches it."""
+    import particlescore.discoformer as dmod
+    for suffix in (".safetensors", ".json"):
+        (tmp_path / f"discoformer_d2{suffix}").write_bytes((dmod.WEIGHTS_DIR / f"discoformer_d2{suffix}").read_bytes())
+    monkeypatch.setattr(dmod, "WEIGHTS_DIR", tmp_path)
+    assert ps.DiScoFormer.pretrained(dim=2).sha256 == dmod.recorded_sha256(2)   # the intact copy loads
+    path = tmp_path / "discoformer_d2.safetensors"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10                                     # inside the tensor data
+    path.write_bytes(bytes(data))
+    load_weights(path)                                               # safetensors alone does not notice
+    with pytest.raises(ValueError, match="corrupt or was modified: its sha256 is"):
+        ps.DiScoFormer.pretrained(dim=2)
+
+
+@pytest.mark.parametrize("case", ["identical", "huge"])
+def test_degenerate_context_gives_a_clear_value_error(case):
+    """(Points on a subspace are fine: the ridge ε·diag(Σ) keeps the covariance definite.)"""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 3, generator=g, dtype=torch.float64)
+    if case == "identical":
+        x = torch.ones(200, 3, dtype=torch.float64)
+    elif case == "huge":
+        x = x * 1e30                                                 # squares overflow float32 (the weights' dtype)
+    est = ps.DiScoFormer.pretrained(dim=3)
+    with pytest.raises(ValueError, match="cannot whiten the context: its sample covariance is singular or not finite"):
+        est(x)
