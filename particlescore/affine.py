@@ -58,6 +58,13 @@ class AffineFrame(NamedTuple):
         return torch.linalg.solve_triangular(self.chol, (points - self.mean).transpose(-1, -2),
                                              upper=False).transpose(-1, -2)
 
+    def change_to(self, other: "AffineFrame") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, b)`` with ``w_other = A w_self + b``: ``A = L_o⁻¹L_s`` (B,d,d), ``b = L_o⁻¹(μ_s − μ_o)`` (B,d)."""
+        A = torch.linalg.solve_triangular(other.chol, self.chol, upper=False)                   # (B, d, d)
+        b = torch.linalg.solve_triangular(other.chol, (self.mean - other.mean).transpose(-1, -2),
+                                          upper=False)[..., 0]                                  # (B, d)
+        return A, b
+
     def unwhiten(self, log_w: torch.Tensor, score_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``log f = log f_w − log det L`` (B,m) and ``s = L⁻ᵀ s_w`` (B,m,d) (row form ``s_w L⁻¹``)."""
         log_f = log_w - self.log_det[:, None]                                # (B, m)
@@ -93,9 +100,16 @@ class WhitenedModel(nn.Module):
         return self.net.config
 
     def encode(self, context: torch.Tensor, mixture: Mixture | None = None,
-               counts: list[int] | None = None) -> EncodedContext:
-        """Whiten ``context`` (B,n,d), fit the mixture candidate (unless ``mixture`` is given) and
-        encode the context tokens. ``counts``: valid points per element of a padded batch."""
+               counts: list[int] | None = None, *, fitter=None,
+               subsample: torch.Tensor | None = None) -> EncodedContext:
+        """Whiten ``context`` (B,n,d), fit the mixture candidate and encode the context tokens.
+
+        ``mixture``: use this fit (whitened units) instead; ``fitter(ctx_w, frame) -> Mixture``:
+        fit with this instead of the cold search (the estimator's warm start); ``counts``: valid
+        points per element of a padded batch; ``subsample`` (P,) indices: the kernel bank and the
+        attention see only these context points (bounded cost), the frame and the mixture fit
+        use all n.
+        """
         c = self.net.config
         mask = None
         if counts is not None:
@@ -108,8 +122,13 @@ class WhitenedModel(nn.Module):
         if mask is not None:
             ctx_w = ctx_w.masked_fill(~mask[..., None], 0.0)                 # (B, n, d)
         if mixture is None and c.mixture_components:
-            mixture = fit_mixture(ctx_w, c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge,
-                                  mask)
+            mixture = (fitter(ctx_w, frame) if fitter is not None else
+                       fit_mixture(ctx_w, c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge,
+                                   mask))
+        if subsample is not None:
+            if mask is not None:
+                raise ValueError("subsample and counts cannot be combined")
+            ctx_w = ctx_w[:, subsample]                                      # (B, P, d)
         return EncodedContext(frame, ctx_w, self.net.encode_context(ctx_w, mask), mixture, mask, counts)
 
     def candidates(self, enc: EncodedContext, qry_w: torch.Tensor) -> Candidates:

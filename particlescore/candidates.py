@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from .distributions import _mixture_terms
 
-__all__ = ["Candidates", "Mixture", "N_DESCRIPTORS", "kernel_bank", "fit_mixture", "refit_mixture",
+__all__ = ["Candidates", "Mixture", "N_DESCRIPTORS", "kernel_bank", "fit_mixture", "refit_mixture", "reframe_mixture",
            "mixture_candidate", "evaluate_candidates"]
 
 #: Descriptors per candidate, in the order they are appended.
@@ -234,6 +234,40 @@ def fit_mixture(x: torch.Tensor, max_components: int, iters: int, shrink: float,
                          for new, old in zip(padded(mix, k), best)))
         best_bic = torch.where(better, score, best_bic)
     return Mixture(best.log_weight.to(dtype), best.mean.to(dtype), best.chol.to(dtype))
+
+
+def reframe_mixture(mix: Mixture, A: torch.Tensor, b: torch.Tensor) -> Mixture:
+    """The same mixture in coordinates ``w' = A w + b`` (A (B,d,d), b (B,d)): means ``Aμ_k + b``,
+    covariances ``AΣ_kAᵀ`` (refactorised), weights unchanged."""
+    A, b = A.to(mix.mean.dtype), b.to(mix.mean.dtype)
+    mean = mix.mean @ A.transpose(-1, -2) + b[:, None]                       # (B, K, d)
+    factor = A[:, None] @ mix.chol                                           # (B, K, d, d) a factor of AΣAᵀ
+    cov = factor @ factor.transpose(-1, -2)                                  # (B, K, d, d)
+    return Mixture(mix.log_weight, mean, torch.linalg.cholesky(cov))
+
+
+@torch.no_grad()
+def refit_mixture(x: torch.Tensor, mix: Mixture, iters: int, shrink: float,
+                  ridge: float) -> tuple[Mixture, torch.Tensor, torch.Tensor]:
+    """Warm start: ``iters`` EM steps on ``x`` (B,n,d) from ``mix`` (its padding stays padding).
+    Returns the mixture and the log-likelihood gains per point over the sample Gaussian
+    ``(ℓ_K − ℓ_1)/n`` (B,) of the start and of the result (float64)."""
+    dtype, x = mix.mean.dtype, x.double()
+    B, n, d = x.shape
+    used = torch.isfinite(mix.log_weight)                                    # (B, K)
+    mix = Mixture(mix.log_weight.double(), mix.mean.double(), mix.chol.double())
+    one = fit_mixture(x, 1, 0, shrink, ridge)                                # the sample Gaussian
+    base = _log_likelihood(x, Mixture(one.log_weight.double(), one.mean.double(), one.chol.double()))
+    start = (_log_likelihood(x, mix) - base) / n
+    if iters:
+        mix, loglik = _em(x, mix, iters, shrink, ridge)
+        # padding must stay padding (EM gives an empty component weight log 1e-10/n, not −inf)
+        mix = Mixture(torch.where(used, mix.log_weight, -math.inf), mix.mean, mix.chol)
+        loglik = _log_likelihood(x, mix)
+    else:
+        loglik = start * n + base
+    gain = (loglik - base) / n
+    return Mixture(mix.log_weight.to(dtype), mix.mean.to(dtype), mix.chol.to(dtype)), start, gain
 
 
 def mixture_candidate(mix: Mixture, qry: torch.Tensor):

@@ -11,11 +11,34 @@ gradient of the log-density head ``T``. Only the output layer norm and head adap
 that mixes the kernel candidates); the context encoder stays as trained. Drift over hundreds
 of warm-started calls is bounded by a proximal term ``(λ/2)‖θ − θ₀‖²`` in the loss and by
 projecting ``θ`` back into the ball ``‖θ − θ₀‖ ≤ ρ·‖θ₀‖`` after every step.
+
+Warm start (``warm_start=True``, the solver's mode; issue 8 item 1): each call starts from the
+state the previous call left, on the premise that consecutive contexts are the same ensemble a
+small time step apart.
+- Mixture fit: the last fit is carried into the new whitening frame (``w' = L'⁻¹(Lw + μ − μ')``)
+  and refined by ``warm_iters`` EM steps on all n points. The split/BIC search reruns when
+  ``refit_every`` calls have passed, or when the warm fit's log-likelihood gain over the sample
+  Gaussian per point drops below the gain right after the last search by more than half the BIC
+  penalty of one component per point, ``(d + d(d+1)/2 + 1)·log n / (2n)`` (the fit has lost
+  more than one component is worth).
+- Test-time adaptation: the adapted head carries over.
+- Bounded context: a fresh seeded random subsample per call (HW-style random batches: the
+  subsample's error decorrelates from step to step).
+Heun's corrector call therefore reuses the predictor call's fit. For direct API calls the same
+holds: results depend on the call history (and on ``state_dict()``), so use
+``warm_start=True`` only for sequences of slowly changing ensembles; :meth:`reset` forgets it.
+With ``warm_start=False`` every call is a pure function of its input.
+
+Bounded cost (issue 8 item 2): for n > ``max_context`` the kernel bank and the attention see a
+seeded random subsample of ``max_context`` points (bank bandwidths and ``log n`` from that
+size), while whitening and the mixture fit use all n points (O(n) each); queries run in chunks.
+One call then costs O(n·max_context) instead of O(n²). ``max_context=None`` turns this off.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +49,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ._validation import as_particles, check_min_particles
 from .estimators import ScoreEstimator
-from .affine import EncodedContext, WhitenedModel
+from .affine import AffineFrame, EncodedContext, WhitenedModel
+from .candidates import Mixture, fit_mixture, refit_mixture, reframe_mixture
 from .model import DiScoFormerConfig, DiScoFormerNet
 
 __all__ = ["DiScoFormer", "save_weights", "load_weights", "WEIGHTS_DIR", "available_dims"]
@@ -119,18 +143,29 @@ class DiScoFormer(ScoreEstimator):
     """Pretrained transformer score estimator (see module docstring).
 
     ``adapt_steps`` Adam steps of test-time adaptation (learning rate ``adapt_lr``) on each call;
-    ``warm_start=True`` keeps the adapted head for the next call (the solver's mode);
-    :meth:`reset` returns to the pretrained weights. ``adapt_points`` caps how many context
-    points serve as adaptation queries (a seeded subsample when the context is larger).
+    ``warm_start=True`` carries the adapted head, the mixture fit and the subsample stream to the
+    next call (the solver's mode; module docstring), with ``warm_iters`` EM steps per call and a
+    full split/BIC search at least every ``refit_every`` calls; :meth:`reset` returns to the
+    pretrained weights and a cold fit. ``adapt_points`` caps how many context points serve as
+    adaptation queries; ``max_context`` caps the context of the kernel bank and attention.
+    ``state_dict()``/``load_state_dict()`` save and restore everything a warm start carries.
     """
 
     def __init__(self, net: DiScoFormerNet, *, adapt_steps: int = 0, adapt_lr: float = 1e-3,
                  warm_start: bool = False, proximal: float = 1e-2, max_drift: float = 0.5,
-                 adapt_points: int = 256, source: str = "<in memory>", sha256: str | None = None):
+                 adapt_points: int = 256, warm_iters: int = 3, refit_every: int = 25,
+                 max_context: int | None = 2048, source: str = "<in memory>", sha256: str | None = None):
         if not isinstance(adapt_steps, int) or isinstance(adapt_steps, bool) or adapt_steps < 0:
             raise ValueError(f"adapt_steps must be a non-negative int, got {adapt_steps!r}")
         if not adapt_lr > 0:
             raise ValueError(f"adapt_lr must be positive, got {adapt_lr!r}")
+        for name, value, low in (("warm_iters", warm_iters, 0), ("refit_every", refit_every, 1),
+                                 ("max_context", 2 * (net.config.dim + 1) if max_context is None else max_context,
+                                  2 * (net.config.dim + 1))):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}{' or None' if name == 'max_context' else ''}, "
+                                 f"got {value!r}")
+        self.warm_iters, self.refit_every, self.max_context = warm_iters, refit_every, max_context
         self.net = net.eval()
         self.model = WhitenedModel(self.net)
         for p in self.net.parameters():
@@ -141,22 +176,27 @@ class DiScoFormer(ScoreEstimator):
         self.source, self.sha256 = source, sha256
         self._pretrained = [p.detach().clone() for p in net.adaptable_parameters()]
         self._last_consistency: float | None = None
+        self._fit: dict | None = None     # warm-start mixture state (see _warm_fit)
+        self._calls = 0                   # calls since reset (seeds the context subsample when warm)
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def pretrained(cls, dim: int, *, adapt_steps: int = 0, adapt_lr: float = 1e-3,
-                   warm_start: bool = False) -> "DiScoFormer":
+                   warm_start: bool = False, warm_iters: int = 3, refit_every: int = 25,
+                   max_context: int | None = 2048) -> "DiScoFormer":
         """The weights shipped for dimension ``dim`` (ValueError listing the shipped dims)."""
         path = weights_path(dim)
         if not path.is_file():
             raise ValueError(f"no pretrained DiScoFormer weights for dim={dim}; available dims: "
                              f"{list(available_dims())} (train with `python -m particlescore.training --dim {dim}`)")
         return cls.from_file(path, adapt_steps=adapt_steps, adapt_lr=adapt_lr, warm_start=warm_start,
+                             warm_iters=warm_iters, refit_every=refit_every, max_context=max_context,
                              expected_sha256=recorded_sha256(dim))
 
     @classmethod
     def from_file(cls, path, *, adapt_steps: int = 0, adapt_lr: float = 1e-3,
-                  warm_start: bool = False, expected_sha256: str | None = None) -> "DiScoFormer":
+                  warm_start: bool = False, warm_iters: int = 3, refit_every: int = 25,
+                  max_context: int | None = 2048, expected_sha256: str | None = None) -> "DiScoFormer":
         """Weights from any file written by :func:`save_weights`; with ``expected_sha256`` the
         file's checksum must match (ValueError otherwise)."""
         sha = file_sha256(path) if Path(path).is_file() else None
@@ -166,22 +206,59 @@ class DiScoFormer(ScoreEstimator):
                              f"weights with `python -m particlescore.training`)")
         net, _ = load_weights(path)
         return cls(net, adapt_steps=adapt_steps, adapt_lr=adapt_lr, warm_start=warm_start,
+                   warm_iters=warm_iters, refit_every=refit_every, max_context=max_context,
                    source=Path(path).name, sha256=sha)
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
-        """Return the adapted parameters to the pretrained values."""
+        """Return the adapted parameters to the pretrained values and forget the warm fit."""
         with torch.no_grad():
             for p, p0 in zip(self.net.adaptable_parameters(), self._pretrained):
                 p.copy_(p0)
         self._last_consistency = None
+        self._fit = None
+        self._calls = 0
+
+    _FIT_KEYS = ("log_weight", "mean", "chol", "frame_mean", "frame_chol", "frame_log_det", "age", "gain_ref")
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything a warm start carries, as CPU tensors with stable names: ``adapted.<i>``
+        (the adaptable parameters), ``calls``, and, once a warm fit exists, ``fit.<key>`` for the
+        mixture (whitened units), the frame it lives in, its age and reference gain. Restoring it
+        with :meth:`load_state_dict` makes the next call bitwise equal to an uninterrupted run."""
+        state = {f"adapted.{i}": p.detach().clone().cpu() for i, p in enumerate(self.net.adaptable_parameters())}
+        state["calls"] = torch.tensor(self._calls, dtype=torch.int64)
+        if self._fit is not None:
+            state.update({f"fit.{k}": self._fit[k].detach().clone().cpu() for k in self._FIT_KEYS})
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output (ValueError naming what does not fit)."""
+        params = self.net.adaptable_parameters()
+        expected = {f"adapted.{i}": p for i, p in enumerate(params)}
+        fit_keys = {f"fit.{k}" for k in self._FIT_KEYS}
+        present_fit = fit_keys & set(state)
+        unknown = set(state) - set(expected) - fit_keys - {"calls"}
+        missing = (set(expected) | {"calls"}) - set(state)
+        if unknown or missing or present_fit not in (set(), fit_keys):
+            raise ValueError(f"not a DiScoFormer state: missing {sorted(missing | (fit_keys - present_fit if present_fit else set()))}, "
+                             f"unexpected {sorted(unknown)}")
+        for key, p in expected.items():
+            if tuple(state[key].shape) != tuple(p.shape):
+                raise ValueError(f"DiScoFormer state {key} has shape {tuple(state[key].shape)}, expected {tuple(p.shape)}")
+        with torch.no_grad():
+            for key, p in expected.items():
+                p.copy_(torch.as_tensor(state[key]).to(p))
+        self._calls = int(state["calls"])
+        self._fit = ({k: torch.as_tensor(state[f"fit.{k}"]).clone() for k in self._FIT_KEYS} if present_fit else None)
 
     def diagnostics(self) -> dict[str, float]:
         return {} if self._last_consistency is None else {"consistency_loss": self._last_consistency}
 
     def describe(self) -> dict:
         return {"estimator": "DiScoFormer", "dim": self.dim, "adapt_steps": self.adapt_steps,
-                "adapt_lr": self.adapt_lr, "warm_start": self.warm_start, "weights": self.source,
+                "adapt_lr": self.adapt_lr, "warm_start": self.warm_start, "warm_iters": self.warm_iters,
+                "refit_every": self.refit_every, "max_context": self.max_context or 0, "weights": self.source,
                 "weights_sha256": self.sha256 or ""}
 
     # ------------------------------------------------------------------ evaluation
@@ -204,9 +281,47 @@ class DiScoFormer(ScoreEstimator):
         return ((score_w - grad_log) ** 2).sum(-1).mean()
 
     def _prepare(self, x: torch.Tensor) -> EncodedContext:
-        """The context (n,d) whitened and encoded as a batch of one."""
+        """The context (n,d) whitened and encoded as a batch of one (warm-started when
+        ``warm_start``; the bank and attention on a subsample when n > ``max_context``)."""
+        n = x.shape[0]
+        subsample = None
+        if self.max_context is not None and n > self.max_context:
+            # seeded by n and, when warm, by the call count: a fresh random batch every step
+            g = torch.Generator().manual_seed(1_000_003 * n + (self._calls if self.warm_start else 0))
+            subsample = torch.randperm(n, generator=g)[: self.max_context]
+        fitter = self._warm_fit if self.warm_start and self.net.config.mixture_components else None
         with torch.no_grad():
-            return self.model.encode(x.to(self._model_dtype())[None])
+            enc = self.model.encode(x.to(self._model_dtype())[None], fitter=fitter, subsample=subsample)
+        if self.warm_start:
+            self._calls += 1
+        return enc
+
+    def _warm_fit(self, ctx_w: torch.Tensor, frame) -> Mixture:
+        """The mixture for this call from the last call's (module docstring); updates the state."""
+        c = self.net.config
+        n, d = ctx_w.shape[1:]
+
+        def search():
+            mix = fit_mixture(ctx_w, c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge)
+            _, _, gain = refit_mixture(ctx_w, mix, 0, c.mixture_shrink, c.mixture_ridge)
+            return mix, gain, torch.zeros((), dtype=torch.int64)
+
+        fit = self._fit
+        if fit is None or int(fit["age"]) + 1 >= self.refit_every:
+            mix, gain_ref, age = search()
+        else:
+            old = AffineFrame(fit["frame_mean"].to(frame.mean), fit["frame_chol"].to(frame.chol),
+                              fit["frame_log_det"].to(frame.log_det))
+            start = reframe_mixture(Mixture(fit["log_weight"], fit["mean"], fit["chol"]), *old.change_to(frame))
+            mix, _, gain = refit_mixture(ctx_w, start, self.warm_iters, c.mixture_shrink, c.mixture_ridge)
+            tolerance = (d + d * (d + 1) / 2 + 1) * math.log(n) / (2 * n)   # half a component's BIC penalty per point
+            if bool((gain < fit["gain_ref"] - tolerance).any()):
+                mix, gain_ref, age = search()
+            else:
+                gain_ref, age = fit["gain_ref"], fit["age"] + 1
+        self._fit = {"log_weight": mix.log_weight, "mean": mix.mean, "chol": mix.chol, "frame_mean": frame.mean,
+                     "frame_chol": frame.chol, "frame_log_det": frame.log_det, "age": age, "gain_ref": gain_ref}
+        return mix
 
     def _adaptation_queries(self, ctx_w: torch.Tensor) -> torch.Tensor:
         n = ctx_w.shape[1]
