@@ -72,9 +72,13 @@ def kernel_bank(ctx: torch.Tensor, qry: torch.Tensor, kde_c: list[float], local_
     dot = queries @ keys.transpose(-1, -2)                                   # (B, m, n) = y·x − ½‖x‖²
     if mask is not None:
         dot = dot.masked_fill(~mask[:, None, :], -math.inf)                  # (B, m, n) padding: weight 0
+    # max_j(dot/h²) = max_j(dot)/h² for every h: shift once, then one exp per bandwidth
+    dot_max = dot.amax(-1, keepdim=True)                                     # (B, m, 1)
+    shifted = dot - dot_max                                                  # (B, m, n) ≤ 0
     half_sq_q = 0.5 * (qry * qry).sum(-1)                                    # (B, m)
     log_n = _per_element([math.log(k) for k in counts], ctx, 1)              # (B, 1)
     scores, logdens, descs = [], [], []
+    shared = {}                                                              # c -> weights, n_eff, lse
     for c, local in [(c, False) for c in kde_c] + [(c, True) for c in local_c]:
         hs = [c * k ** (-1.0 / (d + 4)) for k in counts]                     # B bandwidths
         h = _per_element(hs, ctx, 1)                                         # (B, 1)
@@ -83,10 +87,13 @@ def kernel_bank(ctx: torch.Tensor, qry: torch.Tensor, kde_c: list[float], local_
         log_h2 = _per_element([math.log(x * x) for x in hs], ctx, 1)         # (B, 1)
         d_log_h2 = _per_element([d * math.log(x * x) for x in hs], ctx, 1)   # (B, 1)
         log_norm = _per_element([0.5 * d * math.log(2 * math.pi * x * x) for x in hs], ctx, 1)  # (B, 1)
-        logits = dot * inv_h2                                                # (B, m, n)
-        lse = torch.logsumexp(logits, -1)                                    # (B, m)
-        weights = torch.exp(logits - lse[..., None])                         # (B, m, n)
-        n_eff = 1.0 / (weights * weights).sum(-1)                            # (B, m) Kish's effective size
+        if c not in shared:  # a bandwidth in both lists (KDE and local fit) shares its weights
+            kernel = torch.exp(shifted * inv_h2)                             # (B, m, n) max 1 per row
+            total = kernel.sum(-1, keepdim=True)                             # (B, m, 1) ≥ 1
+            weights = kernel / total                                         # (B, m, n) softmax_j
+            shared[c] = (weights, 1.0 / (weights * weights).sum(-1),         # (B, m) Kish's effective size
+                         (dot_max * inv_h2 + torch.log(total))[..., 0])      # (B, m) logsumexp_j dot/h²
+        weights, n_eff, lse = shared[c]
         kde_log = lse - inv_h2[..., 0] * half_sq_q - log_n - log_norm        # (B, m)
         if not local:
             local_mean = weights @ ctx                                       # (B, m, d)
