@@ -29,10 +29,15 @@ holds: results depend on the call history (and on ``state_dict()``), so use
 ``warm_start=True`` only for sequences of slowly changing ensembles; :meth:`reset` forgets it.
 With ``warm_start=False`` every call is a pure function of its input.
 
-Bounded cost (issue 8 item 2): for n > ``max_context`` the kernel bank and the attention see a
-seeded random subsample of ``max_context`` points (bank bandwidths and ``log n`` from that
-size), while whitening and the mixture fit use all n points (O(n) each); queries run in chunks.
-One call then costs O(n·max_context) instead of O(n²). ``max_context=None`` turns this off.
+Bounded cost (issue 8 item 2): a call with n context points and m queries uses the whole
+context when ``n·m ≤ max_pairs``; otherwise the kernel bank and the attention see a seeded
+random subsample of ``P = max(max_context, max_pairs // m)`` points (bank bandwidths and
+``log n`` from P), while whitening and the mixture fit use all n points (O(n) each); queries run
+in chunks. A solver call (m = n) then costs O(n·P) instead of O(n²), and evaluations at a few
+queries (the score table: m = 512) keep the full context up to n = max_pairs/m. The choice was
+measured (issue 8 item 2; ``benchmarks/solver_scale.py``): at n = 16384, m = 512 a 2048-point
+context raised the score-table error from 1.18 % to 1.94 % (d = 2), hence the pair budget.
+``max_context=None`` turns the subsample off.
 """
 from __future__ import annotations
 
@@ -147,25 +152,29 @@ class DiScoFormer(ScoreEstimator):
     next call (the solver's mode; module docstring), with ``warm_iters`` EM steps per call and a
     full split/BIC search at least every ``refit_every`` calls; :meth:`reset` returns to the
     pretrained weights and a cold fit. ``adapt_points`` caps how many context points serve as
-    adaptation queries; ``max_context`` caps the context of the kernel bank and attention.
+    adaptation queries; ``max_context`` and ``max_pairs`` bound the context of the kernel bank and
+    attention (module docstring).
     ``state_dict()``/``load_state_dict()`` save and restore everything a warm start carries.
     """
 
     def __init__(self, net: DiScoFormerNet, *, adapt_steps: int = 0, adapt_lr: float = 1e-3,
                  warm_start: bool = False, proximal: float = 1e-2, max_drift: float = 0.5,
                  adapt_points: int = 256, warm_iters: int = 3, refit_every: int = 25,
-                 max_context: int | None = 2048, source: str = "<in memory>", sha256: str | None = None):
+                 max_context: int | None = 2048, max_pairs: int = 2 ** 25, source: str = "<in memory>",
+                 sha256: str | None = None):
         if not isinstance(adapt_steps, int) or isinstance(adapt_steps, bool) or adapt_steps < 0:
             raise ValueError(f"adapt_steps must be a non-negative int, got {adapt_steps!r}")
         if not adapt_lr > 0:
             raise ValueError(f"adapt_lr must be positive, got {adapt_lr!r}")
         for name, value, low in (("warm_iters", warm_iters, 0), ("refit_every", refit_every, 1),
+                                 ("max_pairs", max_pairs, 1),
                                  ("max_context", 2 * (net.config.dim + 1) if max_context is None else max_context,
                                   2 * (net.config.dim + 1))):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}{' or None' if name == 'max_context' else ''}, "
                                  f"got {value!r}")
         self.warm_iters, self.refit_every, self.max_context = warm_iters, refit_every, max_context
+        self.max_pairs = max_pairs
         self.net = net.eval()
         self.model = WhitenedModel(self.net)
         for p in self.net.parameters():
@@ -183,7 +192,7 @@ class DiScoFormer(ScoreEstimator):
     @classmethod
     def pretrained(cls, dim: int, *, adapt_steps: int = 0, adapt_lr: float = 1e-3,
                    warm_start: bool = False, warm_iters: int = 3, refit_every: int = 25,
-                   max_context: int | None = 2048) -> "DiScoFormer":
+                   max_context: int | None = 2048, max_pairs: int = 2 ** 25) -> "DiScoFormer":
         """The weights shipped for dimension ``dim`` (ValueError listing the shipped dims)."""
         path = weights_path(dim)
         if not path.is_file():
@@ -191,12 +200,13 @@ class DiScoFormer(ScoreEstimator):
                              f"{list(available_dims())} (train with `python -m particlescore.training --dim {dim}`)")
         return cls.from_file(path, adapt_steps=adapt_steps, adapt_lr=adapt_lr, warm_start=warm_start,
                              warm_iters=warm_iters, refit_every=refit_every, max_context=max_context,
-                             expected_sha256=recorded_sha256(dim))
+                             max_pairs=max_pairs, expected_sha256=recorded_sha256(dim))
 
     @classmethod
     def from_file(cls, path, *, adapt_steps: int = 0, adapt_lr: float = 1e-3,
                   warm_start: bool = False, warm_iters: int = 3, refit_every: int = 25,
-                  max_context: int | None = 2048, expected_sha256: str | None = None) -> "DiScoFormer":
+                  max_context: int | None = 2048, max_pairs: int = 2 ** 25,
+                  expected_sha256: str | None = None) -> "DiScoFormer":
         """Weights from any file written by :func:`save_weights`; with ``expected_sha256`` the
         file's checksum must match (ValueError otherwise)."""
         sha = file_sha256(path) if Path(path).is_file() else None
@@ -207,7 +217,7 @@ class DiScoFormer(ScoreEstimator):
         net, _ = load_weights(path)
         return cls(net, adapt_steps=adapt_steps, adapt_lr=adapt_lr, warm_start=warm_start,
                    warm_iters=warm_iters, refit_every=refit_every, max_context=max_context,
-                   source=Path(path).name, sha256=sha)
+                   max_pairs=max_pairs, source=Path(path).name, sha256=sha)
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
@@ -258,7 +268,8 @@ class DiScoFormer(ScoreEstimator):
     def describe(self) -> dict:
         return {"estimator": "DiScoFormer", "dim": self.dim, "adapt_steps": self.adapt_steps,
                 "adapt_lr": self.adapt_lr, "warm_start": self.warm_start, "warm_iters": self.warm_iters,
-                "refit_every": self.refit_every, "max_context": self.max_context or 0, "weights": self.source,
+                "refit_every": self.refit_every, "max_context": self.max_context or 0, "max_pairs": self.max_pairs,
+                "weights": self.source,
                 "weights_sha256": self.sha256 or ""}
 
     # ------------------------------------------------------------------ evaluation
@@ -280,15 +291,23 @@ class DiScoFormer(ScoreEstimator):
             grad_log, = torch.autograd.grad(log_w.sum(), qry_w, create_graph=create_graph)  # (1, m, d)
         return ((score_w - grad_log) ** 2).sum(-1).mean()
 
-    def _prepare(self, x: torch.Tensor) -> EncodedContext:
-        """The context (n,d) whitened and encoded as a batch of one (warm-started when
-        ``warm_start``; the bank and attention on a subsample when n > ``max_context``)."""
+    def context_size(self, n: int, m: int) -> int:
+        """Points the bank and attention see for n context points and m queries (module docstring)."""
+        if self.max_context is None or n * m <= self.max_pairs:
+            return n
+        return min(n, max(self.max_context, self.max_pairs // m))
+
+    def _prepare(self, x: torch.Tensor, m: int | None = None) -> EncodedContext:
+        """The context (n,d) whitened and encoded as a batch of one for m queries (default n):
+        warm-started when ``warm_start``; the bank and attention on a subsample when
+        :meth:`context_size` is below n."""
         n = x.shape[0]
+        size = self.context_size(n, n if m is None else m)
         subsample = None
-        if self.max_context is not None and n > self.max_context:
+        if size < n:
             # seeded by n and, when warm, by the call count: a fresh random batch every step
             g = torch.Generator().manual_seed(1_000_003 * n + (self._calls if self.warm_start else 0))
-            subsample = torch.randperm(n, generator=g)[: self.max_context]
+            subsample = torch.randperm(n, generator=g)[:size]
         fitter = self._warm_fit if self.warm_start and self.net.config.mixture_components else None
         with torch.no_grad():
             enc = self.model.encode(x.to(self._model_dtype())[None], fitter=fitter, subsample=subsample)
@@ -406,7 +425,7 @@ class DiScoFormer(ScoreEstimator):
 
     def _evaluate(self, context, queries):
         self._check(context)
-        enc = self._prepare(context)
+        enc = self._prepare(context, queries.shape[0])
         if self.adapt_steps > 0:
             if not self.warm_start:
                 self.reset()

@@ -366,7 +366,8 @@ def test_warm_started_fit_agrees_with_cold_within_the_estimators_error(dim):
 
 def test_state_dict_resume_is_bitwise_with_adaptation_and_warm_fit():
     def make():
-        return ps.DiScoFormer.pretrained(dim=2, warm_start=True, adapt_steps=1, adapt_lr=1e-2, max_context=300)
+        return ps.DiScoFormer.pretrained(dim=2, warm_start=True, adapt_steps=1, adapt_lr=1e-2, max_context=300,
+                                       max_pairs=1000)  # a 300-point random context per call
     straight = make()
     for t in range(4):
         x, _ = _separating_pair(2, t)
