@@ -4,6 +4,7 @@ Score estimators (DiScoFormer, KDE, Blob, Exact, SBTM), the problems of the desi
 with their exact solutions, the particle solver and its netCDF trajectory files.
 """
 from ._version import __version__
+from . import runtime  # first: sets up the numba cache before any kernel is defined
 from . import distributions, problems
 from .discoformer import DiScoFormer
 from .estimators import KDE, Blob, Exact, ScoreEstimator, oracle_bandwidth
@@ -16,7 +17,7 @@ from .solver import Euler, Heun, Solution, simulate
 from .trajectory import TrajectoryWriter, open_trajectory
 
 __all__ = [
-    "__version__", "distributions", "problems",
+    "__version__", "distributions", "problems", "runtime",
     "ScoreEstimator", "DiScoFormer", "KDE", "Blob", "Exact", "SBTM", "oracle_bandwidth",
     "relative_score_mse", "log_density_mse",
     "Landau", "FokkerPlanck",

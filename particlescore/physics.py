@@ -16,9 +16,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import landau_kernels
+from . import distributed, landau_kernels
 
-__all__ = ["Landau", "FokkerPlanck", "landau_torch_reference"]
+__all__ = ["Landau", "FokkerPlanck", "landau_torch_reference", "landau_velocity_torch",
+           "landau_velocity_torch_random_batch"]
 
 
 def _pair(x, score):
@@ -131,21 +132,36 @@ class Landau:
         if d < 2:
             raise ValueError(f"the Landau equation needs dimension d >= 2, got x of shape {tuple(v.shape)}")
         delta = self.delta(v)
+        shard = distributed.current_shard(n) if self.random_batch_size is None else None
+        if shard is not None:  # torchrun: this rank's rows against all particles, then all-gather
+            start, stop = shard
+            out = landau_velocity_torch(v, s, self.gamma, self.B, delta, rows=(start, stop))
+            return back(distributed.all_gather_rows(out, n))
+        if v.device.type != "cpu":
+            if self.random_batch_size is None:
+                return back(landau_velocity_torch(v, s, self.gamma, self.B, delta))
+            return back(landau_velocity_torch_random_batch(v, s, self._step_permutation(n, v.device),
+                                                           self.random_batch_size, self.gamma, self.B, delta))
         vn, sn = _numpy64(v), _numpy64(s)
         if self.random_batch_size is None and self.gamma == 0.0:
             out = landau_kernels.landau_velocity_maxwell(vn, sn, self.B)
         elif self.random_batch_size is None:
             out = landau_kernels.landau_velocity(vn, sn, self.gamma, self.B, delta)
         else:
-            if self.permutation is None or len(self.permutation) != n:
-                generator = self._generator
-                if generator is None:
-                    raise ValueError("random-batch Landau needs this step's batches: call .at_step(generator) "
-                                     "and evaluate the returned object")
-                self.permutation = torch.randperm(n, generator=generator).numpy().astype(np.int64)
+            permutation = self._step_permutation(n, torch.device("cpu")).numpy().astype(np.int64)
             out = landau_kernels.landau_velocity_random_batch(
-                vn, sn, self.permutation, self.random_batch_size, self.gamma, self.B, delta)
+                vn, sn, permutation, self.random_batch_size, self.gamma, self.B, delta)
         return back(torch.from_numpy(out).to(v.device))
+
+    def _step_permutation(self, n: int, device: torch.device) -> torch.Tensor:
+        """This step's batch permutation (drawn on the CPU generator at the first evaluation)."""
+        if self.permutation is None or len(self.permutation) != n:
+            generator = self._generator
+            if generator is None:
+                raise ValueError("random-batch Landau needs this step's batches: call .at_step(generator) "
+                                 "and evaluate the returned object")
+            self.permutation = torch.randperm(n, generator=generator).numpy().astype(np.int64)
+        return torch.from_numpy(self.permutation).to(device)
 
     def config(self) -> dict:
         return {"physics": "Landau", "gamma": self.gamma, "B": self.B,
@@ -218,3 +234,88 @@ def landau_torch_reference(v, s, gamma: float = 0.0, B: float = 1.0 / 24.0,
         w = torch.where(nonzero, q ** (0.5 * gamma), torch.zeros_like(r2))
     terms = w[..., None] * (r2[..., None] * u - z * zu[..., None])     # (n, n, d)
     return -(B / n) * terms.sum(1)
+
+
+# --------------------------------------------------------------------------- torch paths (GPU, sharded rows)
+#: Elements of one (rows-chunk × n × d) block of pair terms in the torch paths; bounds memory.
+PAIR_BLOCK_ELEMENTS = 2 ** 22
+
+
+def _pair_terms(z: torch.Tensor, u: torch.Tensor, gamma: float, delta: float) -> torch.Tensor:
+    """``Σ_j w(z) (|z|² u − z (z·u))`` over the second-to-last axis; ``z, u`` (..., m, d).
+
+    ``w = (|z|² + δ²)^{γ/2}``, and 0 where ``z = 0`` (the ``j = i`` term, ``A(0) = 0``)."""
+    r2 = (z * z).sum(-1)                                                # (..., m)
+    zu = (z * u).sum(-1)                                                # (..., m)
+    nonzero = r2 > 0
+    if gamma == 0.0:
+        w = nonzero.to(z.dtype)
+    else:
+        q = torch.where(nonzero, r2 + delta * delta, torch.ones_like(r2))
+        w = 1.0 / (q * torch.sqrt(q)) if gamma == -3.0 else q ** (0.5 * gamma)
+        w = torch.where(nonzero, w, torch.zeros_like(w))
+    return (w[..., None] * (r2[..., None] * u - z * zu[..., None])).sum(-2)   # (..., d)
+
+
+def landau_velocity_torch(v: torch.Tensor, s: torch.Tensor, gamma: float, B: float, delta: float,
+                          rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """The Landau particle velocity in torch, on ``v``'s device (DESIGN §4):
+
+    ``out_i = −(B/n) Σ_j (|z|² + δ²)^{γ/2} (|z|² (s_i−s_j) − z (z·(s_i−s_j)))``, ``z = v_i − v_j``,
+
+    for the rows ``i`` in ``rows = (start, stop)`` (default all) against all ``j``; returns
+    (stop − start, d). ``γ = 0`` uses the exact O(n·d²) moment expansion of
+    :func:`~particlescore.landau_kernels.landau_velocity_maxwell`; otherwise the pair sums run
+    in row chunks of at most :data:`PAIR_BLOCK_ELEMENTS` pair-term elements (O(n) memory).
+    Same values as the numba kernels up to round-off. ``v``, ``s``: (n, d) float64.
+    """
+    n, d = v.shape
+    start, stop = (0, n) if rows is None else (int(rows[0]), int(rows[1]))
+    if gamma == 0.0:
+        b = v - v.mean(0)                                               # (n, d) centred velocities
+        q = s - s.mean(0)                                               # (n, d) centred scores
+        r2 = (b * b).sum(1)                                             # (n,) |b_j|²
+        bq = (b * q).sum(1)                                             # (n,) b_j·q_j
+        S, T = r2.sum(), bq.sum()
+        M_qb, M_bb = q.T @ b, b.T @ b                                   # (d, d)
+        R, U = r2 @ q, bq @ b                                           # (d,)
+        a, p = b[start:stop], q[start:stop]                             # (m, d) this block's rows
+        first = (n * r2[start:stop] + S)[:, None] * p + 2.0 * (a @ M_qb.T) - R
+        second = a * (n * bq[start:stop] + T)[:, None] + a @ M_qb + p @ M_bb - U
+        return (-B / n) * (first - second)
+    chunk = max(1, PAIR_BLOCK_ELEMENTS // max(1, n * d))
+    parts = []
+    for lo in range(start, stop, chunk):
+        hi = min(lo + chunk, stop)
+        z = v[lo:hi, None, :] - v[None, :, :]                           # (c, n, d)
+        u = s[lo:hi, None, :] - s[None, :, :]                           # (c, n, d)
+        parts.append(_pair_terms(z, u, gamma, delta))                   # (c, d)
+    out = torch.cat(parts) if parts else v.new_zeros((0, d))
+    return (-B / n) * out
+
+
+def landau_velocity_torch_random_batch(v: torch.Tensor, s: torch.Tensor, permutation: torch.Tensor,
+                                       batch_size: int, gamma: float, B: float, delta: float) -> torch.Tensor:
+    """Random batch method in torch (same definition as
+    :func:`~particlescore.landau_kernels.landau_velocity_random_batch`): the particles
+    ``permutation[k·p:(k+1)·p]`` interact among themselves with weight ``−B (n−1)/(n(m−1))``,
+    ``m`` the batch's size; a batch of one does not move. Batches run in chunks (O(n·p) memory)."""
+    n, d = v.shape
+    p = int(batch_size)
+    out = torch.zeros_like(v)
+    full = (n // p) * p
+    groups = [(permutation[:full].view(-1, p), p)] if full else []     # (batches, p)
+    if full < n:
+        groups.append((permutation[full:].view(1, -1), n - full))
+    for index, m in groups:
+        if m < 2:
+            continue
+        scale = -B * (n - 1.0) / (n * (m - 1.0))
+        per_chunk = max(1, PAIR_BLOCK_ELEMENTS // (m * m * d))
+        for lo in range(0, index.shape[0], per_chunk):
+            idx = index[lo:lo + per_chunk]                              # (c, m)
+            vb, sb = v[idx], s[idx]                                     # (c, m, d)
+            z = vb[:, :, None, :] - vb[:, None, :, :]                   # (c, m, m, d)
+            u = sb[:, :, None, :] - sb[:, None, :, :]                   # (c, m, m, d)
+            out[idx.reshape(-1)] = scale * _pair_terms(z, u, gamma, delta).reshape(-1, d)
+    return out
