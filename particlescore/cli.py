@@ -60,9 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     run.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     run.add_argument("--no-progress", action="store_true", dest="no_progress", help="no progress bar")
-    run.add_argument("--threads", type=int, default=1,
-                     help="torch threads (default 1: a step's work at n ~ 10^3 is too small to gain from more, "
-                          "and oversubscribed cores make it far slower)")
+    run.add_argument("--threads", type=int, default=None, metavar="K",
+                     help="torch and numba threads (default: [run] threads, else 1 below 2048 particles and "
+                          "every core from there on, capped by OMP_NUM_THREADS; the same rule as ps.simulate)")
+    run.add_argument("--device", metavar="DEVICE", help="cpu | cuda | cuda:N (default: [run] device, else cpu)")
 
     info = commands.add_parser("info", help="describe a trajectory file")
     info.add_argument("file", metavar="FILE")
@@ -156,11 +157,10 @@ def _cmd_run(args) -> int:
                          f"(t_end is absolute time)")
     if args.resume:
         _check_resumable(out, cfg, problem.state_name)
+    from . import distributed, runtime
     from .solver import simulate
-    if args.threads < 1:
-        return _fail(f"--threads must be >= 1, got {args.threads}", 2)
-    import torch
-    torch.set_num_threads(args.threads)
+    device = runtime.resolve_device(args.device or cfg.run.device)   # checked before any output
+    threads = runtime.resolve_threads(args.threads if args.threads is not None else cfg.run.threads, cfg.run.n)
     print(f"{PROG}: {cfg.problem.name} d={cfg.problem.dim}, estimator {cfg.estimator.name}, n={cfg.run.n}, "
           f"dt={cfg.run.dt}, t_end={cfg.run.t_end} -> {out}", file=sys.stderr)
     start = _time.perf_counter()
@@ -168,7 +168,7 @@ def _cmd_run(args) -> int:
         simulate(problem, estimator, n=cfg.run.n, dt=cfg.run.dt, t_end=cfg.run.t_end,
                  save_every=cfg.run.save_every, seed=cfg.run.seed, out=out, integrator=integrator,
                  progress=not args.no_progress, resume=args.resume, config=_config.config_to_dict(cfg),
-                 overwrite=args.overwrite)
+                 overwrite=args.overwrite, device=device, threads=threads)
     except KeyboardInterrupt:
         return _fail(f"interrupted; {out} keeps every complete record: continue with "
                      f"`{PROG} run ... --out {out} --resume`", 130)
@@ -177,7 +177,8 @@ def _cmd_run(args) -> int:
     except Exception as err:  # a failure during the run: one line, not a traceback
         return _fail(f"run failed: {type(err).__name__}: {err}", 1)
     wall = _time.perf_counter() - start
-    print(_summary(out, wall))
+    if distributed.is_main():  # torchrun: rank 0 wrote the file and reports
+        print(_summary(out, wall))
     return 0
 
 

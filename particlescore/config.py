@@ -65,7 +65,7 @@ ESTIMATOR_KEYS = {
     "exact": (),
     "sbtm": ("hidden", "layers", "steps_per_call", "lr", "initial_fit_steps", "loss", "hutchinson_probes"),
 }
-RUN_KEYS = ("n", "dt", "t_end", "save_every", "seed", "integrator")
+RUN_KEYS = ("n", "dt", "t_end", "save_every", "seed", "integrator", "device", "threads")
 #: SBTM training losses (= ``particlescore.sbtm.LOSSES``; spelled out so this module needs no torch).
 SBTM_LOSSES = ("denoising", "implicit")
 
@@ -117,6 +117,8 @@ class RunSettings:
     save_every: int = 1
     seed: int = 0
     integrator: str = "heun"
+    device: str = "cpu"                 # "cpu" | "cuda" | "cuda:N" (particlescore.runtime.resolve_device)
+    threads: int | None = None          # None: particlescore.runtime.default_threads(n)
 
 
 @dataclass(frozen=True)
@@ -255,6 +257,17 @@ def _estimator_section(table: dict) -> EstimatorConfig:
     return EstimatorConfig(name=name)
 
 
+def _get_device(table: dict) -> str:
+    """[run] device: "cpu", "cuda" or "cuda:N" (whether a GPU is there is checked when the run starts)."""
+    value = table.get("device", "cpu")
+    if not isinstance(value, str):
+        raise ValueError(f"run.device: expected str, got {_describe(value)}")
+    kind, _, index = value.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
+        raise ValueError(f"unknown run.device {value!r}; allowed: cpu, cuda, cuda:N")
+    return value
+
+
 def _run_section(table: dict) -> RunSettings:
     _check_keys(table, RUN_KEYS, "[run]")
     settings = RunSettings(
@@ -264,6 +277,8 @@ def _run_section(table: dict) -> RunSettings:
         save_every=_get_int(table, "save_every", "run", 1, minimum=1),
         seed=_get_int(table, "seed", "run", 0, minimum=0),
         integrator=_get_choice(table, "integrator", "run", INTEGRATOR_NAMES, "heun"),
+        device=_get_device(table),
+        threads=None if table.get("threads") is None else _get_int(table, "threads", "run", minimum=1),
     )
     if settings.t_end < settings.dt:
         raise ValueError(f"run.t_end ({settings.t_end}) is shorter than one time step run.dt ({settings.dt})")

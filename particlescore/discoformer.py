@@ -220,6 +220,17 @@ class DiScoFormer(ScoreEstimator):
                    max_pairs=max_pairs, source=Path(path).name, sha256=sha)
 
     # ------------------------------------------------------------------ state
+    def to(self, device) -> "DiScoFormer":
+        """Move the network, the pretrained copy of the adapted parameters and the warm-start
+        state to ``device`` (e.g. ``"cuda"``); returns ``self``. Inputs must live there too."""
+        device = torch.device(device)
+        self.net.to(device)
+        self.model.to(device)
+        self._pretrained = [p.to(device) for p in self._pretrained]
+        if self._fit is not None:
+            self._fit = {key: value.to(device) for key, value in self._fit.items()}
+        return self
+
     def reset(self) -> None:
         """Return the adapted parameters to the pretrained values and forget the warm fit."""
         with torch.no_grad():

@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 __all__ = ["PARALLEL_MIN_PARTICLES", "DEVICES", "available_cores", "default_threads", "resolve_threads",
-           "thread_limit", "current_threads", "resolve_device", "configure_numba_cache", "numba_cache_dir"]
+           "thread_limit", "current_threads", "resolve_device", "move_estimator", "configure_numba_cache",
+           "numba_cache_dir"]
 
 #: From this many particles on, the default uses every available core (measured: at n = 500 one
 #: thread is as fast as two even on an idle 2-core machine; at n = 2048 two are 1.7× faster).
@@ -133,6 +134,26 @@ def resolve_device(device) -> torch.device:
     if not 0 <= index < count:
         raise ValueError(f"device {str(device)!r}: no such GPU, torch sees {count} (cuda:0..cuda:{count - 1})")
     return torch.device("cuda", index)
+
+
+def move_estimator(estimator, device: torch.device) -> None:
+    """Put ``estimator``'s state on ``device`` before a run there (estimators are built on the CPU).
+
+    Stateless torch estimators (KDE) follow their input's device; estimators with a
+    ``.to(device)`` method (DiScoFormer) are moved with it; any other estimator (the numba Blob,
+    SBTM, Exact) gets a ValueError for a non-CPU device.
+    """
+    if device.type == "cpu":
+        return
+    from .estimators import KDE
+
+    if isinstance(estimator, KDE):
+        return
+    mover = getattr(estimator, "to", None)
+    if not callable(mover):
+        raise ValueError(f"{type(estimator).__name__} runs on the CPU only; use device='cpu' "
+                         f"(device={str(device)!r} supports DiScoFormer and KDE)")
+    mover(device)
 
 
 # --------------------------------------------------------------------------- numba cache

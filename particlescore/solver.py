@@ -8,6 +8,7 @@ keeps every record written and can be resumed.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -18,6 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import distributed, runtime
 from ._version import __version__
 from .metrics import relative_score_mse
 
@@ -113,9 +115,10 @@ def _json_plain(value):
 # --------------------------------------------------------------------------- diagnostics
 def _diagnostics(problem, estimator, t: float, x: torch.Tensor, log_density: torch.Tensor,
                  score: torch.Tensor) -> dict[str, np.ndarray]:
-    xn = x.detach().to(torch.float64).numpy()
-    sn = score.detach().to(torch.float64).numpy()
-    ln = log_density.detach().to(torch.float64).numpy()
+    x, score, log_density = x.detach().cpu(), score.detach().cpu(), log_density.detach().cpu()
+    xn = x.to(torch.float64).numpy()
+    sn = score.to(torch.float64).numpy()
+    ln = log_density.to(torch.float64).numpy()
     n = xn.shape[0]
     mean = xn.mean(0)
     centred = xn - mean
@@ -167,7 +170,7 @@ def _previous_records(path: str, state_name: str) -> dict:
 # --------------------------------------------------------------------------- entry point
 def simulate(problem, estimator, *, n: int, dt: float, t_end: float, save_every: int = 1, seed: int = 0,
              out=None, integrator=None, progress=True, resume: bool = False, save_hooks=(),
-             config: dict | None = None, overwrite: bool = False) -> Solution:
+             config: dict | None = None, overwrite: bool = False, device="cpu", threads: int | None = None) -> Solution:
     """Run ``n`` particles of ``problem`` from ``problem.t0`` to ``t_end`` with step ``dt``.
 
     Time grid ``t_k = t0 + k·dt``, ``k = 0..N``, ``N = round((t_end − t0)/dt)`` (``t_end`` is
@@ -196,6 +199,13 @@ def simulate(problem, estimator, *, n: int, dt: float, t_end: float, save_every:
     may grow). For a stateless estimator the result equals an uninterrupted run bit for bit.
     ``progress``: True (tqdm bar), False, or ``progress(step, t, diagnostics)`` called at each
     record. ``config``: extra plain data recorded in the file (e.g. the run's TOML settings).
+
+    ``device``: ``"cpu"`` or ``"cuda"`` (``"cuda:N"``): the state, the estimator (moved with its
+    ``.to(device)``) and the physics all stay there; records are copied to the CPU.
+    ``threads``: torch and numba CPU threads for the run (None: :func:`particlescore.runtime.default_threads`,
+    the same default as the CLI); restored afterwards. Under ``torchrun`` (``WORLD_SIZE > 1``) the
+    score queries and Landau pair sums are sharded across the ranks (:mod:`particlescore.distributed`)
+    and rank 0 alone writes ``out``.
     """
     # ---- validation at the edge
     for attr in ("dim", "t0", "physics", "state_name", "initial_state", "config"):
@@ -231,6 +241,12 @@ def simulate(problem, estimator, *, n: int, dt: float, t_end: float, save_every:
         raise ValueError("resume=True needs out= (the trajectory file to continue)")
     if config is not None and not isinstance(config, dict):
         raise ValueError(f"config must be a dict of plain data or None, got {type(config).__name__}")
+    device = runtime.resolve_device(device)
+    threads = runtime.resolve_threads(threads, n)
+    runtime.move_estimator(estimator, device)
+    follower = distributed.setup(device) and not distributed.is_main()   # a rank > 0: computes, never writes
+    if follower and progress is True:
+        progress = False
 
     dim = int(problem.dim)
     resolved = _json_plain({
@@ -244,7 +260,16 @@ def simulate(problem, estimator, *, n: int, dt: float, t_end: float, save_every:
     times, steps, states, records = [], [], [], {}
     writer = None
     start_step = 0
-    if resume:
+    if resume and follower:  # read the last record before rank 0 reopens the file for append
+        from .trajectory import check_output_path
+
+        prev = _previous_records(check_output_path(out, resume=True), problem.state_name)
+        start_step = int(prev["steps"][-1])
+        x = torch.from_numpy(np.array(prev["states"][-1], dtype=np.float64))
+        times, steps, states = list(prev["times"]), list(prev["steps"]), list(prev["states"])
+        records = {key: list(values) for key, values in prev["diagnostics"].items()}
+    distributed.barrier()
+    if resume and not follower:
         from .trajectory import TrajectoryWriter, check_output_path
 
         path = check_output_path(out, resume=True)
@@ -274,11 +299,11 @@ def simulate(problem, estimator, *, n: int, dt: float, t_end: float, save_every:
         times, steps = list(prev["times"][keep]), list(prev["steps"][keep])
         states = list(prev["states"][keep])
         records = {key: list(values[keep]) for key, values in prev["diagnostics"].items()}
-    else:
+    elif not resume:
         x = problem.initial_state(n, generator=torch.Generator().manual_seed(seed)).to(torch.float64)
         if tuple(x.shape) != (n, dim):
             raise ValueError(f"problem.initial_state returned shape {tuple(x.shape)}, expected {(n, dim)}")
-        if out is not None:
+        if out is not None and not follower:
             from .trajectory import TrajectoryWriter
 
             attrs = {
@@ -293,13 +318,14 @@ def simulate(problem, estimator, *, n: int, dt: float, t_end: float, save_every:
             writer = TrajectoryWriter.create(out, state_name=problem.state_name, n_particles=n, dim=dim,
                                              attrs=attrs, overwrite=overwrite)
 
+    x = x.to(device)
     time_dependent = bool(getattr(estimator, "time_dependent", False))
 
     def estimator_at(t: float):
         return estimator.at_time(t) if time_dependent else estimator
 
     def score_fn(t: float, y: torch.Tensor) -> torch.Tensor:
-        return estimator_at(t)(y)[1]
+        return distributed.estimate(estimator_at(t), y)[1]
 
     bar = None
     if progress is True and start_step < n_steps:
@@ -307,27 +333,30 @@ def simulate(problem, estimator, *, n: int, dt: float, t_end: float, save_every:
 
         bar = tqdm(total=n_steps, initial=start_step, unit="step", desc=getattr(problem, "name", "simulate"))
     elapsed, counted = 0.0, 0
+    scope = contextlib.ExitStack()
     try:
+        scope.enter_context(runtime.thread_limit(threads))
+        scope.enter_context(distributed.sharding())
         for k in range(start_step, n_steps + 1):
             t = t0 + k * dt
             est_t = estimator_at(t)
             tic = _time.perf_counter()
-            log_density, score = est_t(x)
+            log_density, score = distributed.estimate(est_t, x)
             elapsed += _time.perf_counter() - tic
             is_record = k == 0 or k % save_every == 0 or k == n_steps
             if is_record and not (resume and k == start_step):
                 diag = _diagnostics(problem, est_t, t, x, log_density, score)
                 diag["wall_time_per_step"] = np.float64(elapsed / counted if counted else np.nan)
                 elapsed, counted = 0.0, 0
-                state_np = x.detach().numpy().copy()
-                score_np = score.detach().to(torch.float64).numpy()
+                state_np = x.detach().cpu().numpy().copy()
+                score_np = score.detach().cpu().to(torch.float64).numpy()
                 for hook in save_hooks:
                     extra = hook(k, t, state_np, score_np, dict(diag))
                     for key, value in (extra or {}).items():
                         diag[key] = np.float64(value)
                 if writer is not None:
                     writer.append(step=k, time=t, state=state_np, score=score_np,
-                                  log_density=log_density.detach().to(torch.float64).numpy(), diagnostics=diag)
+                                  log_density=log_density.detach().cpu().to(torch.float64).numpy(), diagnostics=diag)
                 times.append(t)
                 steps.append(k)
                 states.append(state_np)
@@ -351,6 +380,7 @@ def simulate(problem, estimator, *, n: int, dt: float, t_end: float, save_every:
             if bar is not None:
                 bar.update(1)
     finally:
+        scope.close()
         if bar is not None:
             bar.close()
         if writer is not None:
