@@ -1,0 +1,234 @@
+"""Cell-wise Landau collision operator (particlescore.collisions): exact answers and bad input."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import particlescore as ps
+from particlescore import cell_kernels, landau_kernels
+from particlescore.collisions import BatchedScoreEstimator, LandauCollisions, cell_moments
+
+B = 1.0 / 24.0
+
+
+def _cells(seed=0, sizes=(150, 220, 180), d=2):
+    """Particles of several cells, each an anisotropic Gaussian with its own mean and covariance,
+    shuffled so that cells interleave in the flat array."""
+    rng = np.random.default_rng(seed)
+    blocks, ids = [], []
+    for c, n in enumerate(sizes):
+        scales = np.linspace(1.6, 0.4, d) * (1 + 0.2 * c)
+        blocks.append(rng.normal(size=(n, d)) * scales + c)        # mean (c, c, ...)
+        ids.append(np.full(n, c))
+    v, cell = np.concatenate(blocks), np.concatenate(ids)
+    order = rng.permutation(len(v))
+    return v[order], cell[order]
+
+
+# --------------------------------------------------------------------------- kernels
+@pytest.mark.parametrize("gamma", [0.0, -3.0, -1.0])
+def test_cell_kernels_equal_homogeneous_kernels_per_cell(gamma):
+    v, cell = _cells(1, sizes=(60, 90, 75), d=3)
+    s = -v + np.sin(v)                                                # any smooth field
+    order = np.argsort(cell, kind="stable")
+    vs, ss = np.ascontiguousarray(v[order]), np.ascontiguousarray(s[order])
+    counts = np.bincount(cell)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    cell_of = np.repeat(np.arange(len(counts)), counts)
+    delta = np.array([0.1, 0.2, 0.3])
+    if gamma == 0.0:
+        u = cell_kernels.cell_landau_velocity_maxwell(vs, ss, offsets, B)
+    else:
+        u = cell_kernels.cell_landau_velocity(vs, ss, offsets, cell_of, gamma, B, delta)
+    for c in range(3):
+        lo, hi = offsets[c], offsets[c + 1]
+        ref = landau_kernels.landau_velocity(np.ascontiguousarray(vs[lo:hi]), np.ascontiguousarray(ss[lo:hi]),
+                                             gamma, B, float(delta[c]))
+        # same sums in a different association order: round-off only (|U| = O(1) here)
+        np.testing.assert_allclose(u[lo:hi], ref, rtol=0, atol=1e-12)
+
+
+def test_random_batch_as_large_as_the_cell_equals_full_interactions():
+    v, cell = _cells(2, sizes=(40, 70), d=2)
+    s = -v
+    full = LandauCollisions(ps.KDE(), gamma=-3.0, regularization=0.05)
+    batch = LandauCollisions(ps.KDE(), gamma=-3.0, regularization=0.05, random_batch=100)
+    # one batch per cell: weight (n−1)/(n(m−1)) = 1/n, the full sum (summed in another order)
+    np.testing.assert_allclose(batch.velocity(v, cell), full.velocity(v, cell), rtol=0, atol=1e-13)
+    del s
+
+
+# --------------------------------------------------------------------------- conservation
+@pytest.mark.parametrize("gamma,random_batch,integrator",
+                         [(0.0, None, "euler"), (-3.0, None, "heun"), (0.0, 16, "euler"), (-3.0, 16, "heun")])
+def test_per_cell_momentum_conserved_to_round_off(gamma, random_batch, integrator):
+    v, cell = _cells(3)
+    op = LandauCollisions(ps.KDE(), gamma=gamma, random_batch=random_batch, integrator=integrator, seed=1)
+    _, p0, _ = cell_moments(v, cell, 3)
+    counts = np.bincount(cell)
+    x = v
+    for _ in range(10):
+        x = op.step(x, cell, 0.1)
+    _, p1, _ = cell_moments(x, cell, 3)
+    moved = np.abs(x - v).max()
+    assert moved > 1e-3                                               # the operator did something
+    # per-cell total momentum Σ_i v_i: the pair terms cancel exactly, what is left is the
+    # round-off of ~200 additions of O(1) numbers per step (~1e-14); the bar is 1e-12
+    drift = np.abs((p1 - p0) * counts[:, None]).max()
+    assert drift <= 1e-12, drift
+
+
+@pytest.mark.parametrize("dt", [0.05, 0.2])
+def test_energy_change_per_step_is_the_integrators_exact_defect(dt):
+    """Σ_i v_i·U_i = 0 exactly (A(z)z = 0, pair antisymmetry), so a step changes Σ|v|² only by
+    its truncation defect: Euler by dt²Σ|U(v)|² (O(dt²) per step); Heun (explicit trapezoid)
+    by (dt²/4)Σ|U(v*) − U(v)|² with U(v*) − U(v) = O(dt), i.e. O(dt⁴) per step."""
+    v, cell = _cells(4, sizes=(200, 200), d=2)
+    euler = LandauCollisions(ps.KDE(), gamma=-3.0, regularization=0.1, integrator="euler")
+    heun = LandauCollisions(ps.KDE(), gamma=-3.0, regularization=0.1, integrator="heun")
+    u0 = euler.velocity(v, cell)
+    u1 = euler.velocity(v + dt * u0, cell)
+    energy = (v ** 2).sum()
+    d_euler = (euler.step(v, cell, dt) ** 2).sum() - energy
+    d_heun = (heun.step(v, cell, dt) ** 2).sum() - energy
+    # identities up to the round-off of Σ|v|² (~1e-16 · 1e3)
+    assert d_euler == pytest.approx(dt ** 2 * (u0 ** 2).sum(), rel=1e-8, abs=1e-11)
+    assert d_heun == pytest.approx(dt ** 2 / 4 * ((u1 - u0) ** 2).sum(), rel=1e-6, abs=1e-11)
+    assert 0 < d_heun < d_euler
+
+
+# --------------------------------------------------------------------------- relaxation
+def test_each_cell_relaxes_like_the_homogeneous_solver_and_the_exact_covariance():
+    """Collisions only, Maxwell molecules: each cell's covariance follows the homogeneous
+    particle solver (Euler on ps.Landau with the same estimator) from the same particles, and
+    so the exact Σ(t) = Σ∞ − (Σ∞ − Σ̂(0)) e^{−4dBt} started from the cell's own Σ̂(0)."""
+    d, n, dt, steps = 2, 300, 0.25, 16                               # t_end = 4: e^{-4dBt} = 0.26
+    v, cell = _cells(5, sizes=(n, n, n), d=d)
+    est = ps.KDE()
+    op = LandauCollisions(est, gamma=0.0, B=B)
+    physics = ps.Landau(gamma=0.0, B=B)
+    homogeneous = [v[cell == c] for c in range(3)]
+    _, _, cov0 = cell_moments(v, cell, 3)
+    x = v
+    for k in range(steps):
+        x = op.step(x, cell, dt)
+        homogeneous = [h + dt * physics(k * dt, h, est(h)[1]) for h in homogeneous]
+    t = steps * dt
+    _, _, cov = cell_moments(x, cell, 3)
+    for c in range(3):
+        # the same particle method cell by cell: equal to the homogeneous run up to round-off
+        np.testing.assert_allclose(x[cell == c], homogeneous[c], rtol=0, atol=1e-11)
+        sigma_inf = np.trace(cov0[c]) / d * np.eye(d)
+        exact = sigma_inf - (sigma_inf - cov0[c]) * math.exp(-4 * d * B * t)
+        # homogeneous accuracy at n = 300 with Scott KDE: the smoothing H = h²Σ̂ (h² = n^(-1/3)
+        # = 0.15) scales the score by ~1/(1 + h²), slowing the relaxation: ≈ 10 % of the
+        # relaxed part |Σ∞ − Σ̂(0)| at t = 4 (measured 8–11 % here; Euler's O(dt) adds ~1 %)
+        err = np.abs(cov[c] - exact).max()
+        assert err < 0.15 * np.abs(sigma_inf - cov0[c]).max(), (c, err)
+        assert np.abs(cov[c] - cov0[c]).max() > 0.5 * np.abs(exact - cov0[c]).max()
+
+
+def test_batched_discoformer_equals_per_cell_loop():
+    est = ps.DiScoFormer.pretrained(dim=2)
+    assert isinstance(est, BatchedScoreEstimator) and not isinstance(ps.KDE(), BatchedScoreEstimator)
+    v, cell = _cells(6, sizes=(64, 150, 2, 100), d=2)                # cell 2 is skipped (n ≤ d)
+    batched = LandauCollisions(est, B=1.0)
+    loop = LandauCollisions(est, B=1.0, batched=False)
+    assert batched.batched and not loop.batched
+    a, b = batched.step(v, cell, 0.1), loop.step(v, cell, 0.1)
+    assert np.abs(a - v).max() > 1e-3
+    # the network runs in float32 (eps 1.2e-7); padded and unpadded attention sum the same
+    # terms in another order: a few ulps of the O(1) scores, times dt·B·O(|v|³) ≈ 1
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- layouts and types
+def test_padded_layout_equals_flat_layout():
+    v, cell = _cells(7, sizes=(30, 50, 0 + 2), d=2)
+    op = LandauCollisions(ps.KDE())
+    flat = op.step(v, cell, 0.2)
+    counts = np.bincount(cell)
+    padded = np.full((3, counts.max(), 2), 7.0)
+    for c in range(3):
+        padded[c, :counts[c]] = v[cell == c]
+    out = op.step_padded(padded, counts, 0.2)
+    for c in range(3):
+        np.testing.assert_array_equal(out[c, :counts[c]], flat[cell == c])
+        assert np.all(out[c, counts[c]:] == 7.0)                      # padding untouched
+
+
+def test_numpy_and_torch_in_same_type_and_dtype_out():
+    v, cell = _cells(8, sizes=(40, 40), d=3)
+    op = LandauCollisions(ps.KDE())
+    ref = op.step(v, cell, 0.1)
+    for dtype in (np.float32, np.float64):
+        out = op.step(v.astype(dtype), cell.astype(np.int32), 0.1)
+        assert isinstance(out, np.ndarray) and out.dtype == dtype
+    for dtype in (torch.float32, torch.float64):
+        out = op.step(torch.tensor(v, dtype=dtype), torch.tensor(cell), 0.1)
+        assert isinstance(out, torch.Tensor) and out.dtype == dtype
+    np.testing.assert_array_equal(out.numpy(), ref)
+
+
+def test_random_batches_are_reproducible_from_the_seed_or_generator():
+    v, cell = _cells(9)
+    a = LandauCollisions(ps.KDE(), random_batch=8, seed=3).step(v, cell, 0.1)
+    b = LandauCollisions(ps.KDE(), random_batch=8, seed=3).step(v, cell, 0.1)
+    c = LandauCollisions(ps.KDE(), random_batch=8, seed=4).step(v, cell, 0.1)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 0
+    op = LandauCollisions(ps.KDE(), random_batch=8)
+    g1, g2 = np.random.default_rng(11), np.random.default_rng(11)
+    np.testing.assert_array_equal(op.step(v, cell, 0.1, generator=g1), op.step(v, cell, 0.1, generator=g2))
+
+
+# --------------------------------------------------------------------------- small cells and bad input
+def test_cells_with_at_most_d_particles_are_skipped_unchanged():
+    d = 3
+    rng = np.random.default_rng(10)
+    sizes = {0: 50, 2: 1, 3: 3, 4: 4, 7: 40}                        # cells 1, 5, 6 are empty
+    cell = np.concatenate([np.full(n, c) for c, n in sizes.items()])
+    v = rng.normal(size=(len(cell), d))
+    op = LandauCollisions(ps.KDE(bandwidth=0.5), B=1.0)
+    out = op.step(v, cell, 0.1)
+    for c, n in sizes.items():
+        unchanged = np.array_equal(out[cell == c], v[cell == c])
+        assert unchanged == (n <= d), c
+    assert op.last_skipped_cells.tolist() == [2, 3]
+    # a call with only small cells returns a copy of the input
+    small = cell[(cell == 2) | (cell == 3)]
+    np.testing.assert_array_equal(op.step(v[(cell == 2) | (cell == 3)], small, 0.1), v[(cell == 2) | (cell == 3)])
+    counts = np.array([0, 3, 10])
+    padded = rng.normal(size=(3, 10, d))
+    out = op.step_padded(padded, counts, 0.1)
+    np.testing.assert_array_equal(out[:2], padded[:2])
+    assert np.abs(out[2] - padded[2]).max() > 0
+
+
+def test_bad_input_gives_clear_errors_and_changes_nothing():
+    v, cell = _cells(11)
+    keep = v.copy()
+    op = LandauCollisions(ps.KDE())
+    with pytest.raises(ValueError, match="vanishes"):
+        op.step(v[:, :1], cell, 0.1)
+    bad = v.copy()
+    bad[17, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN.*particle 17"):
+        op.step(bad, cell, 0.1)
+    with pytest.raises(ValueError, match=r"cell must have shape \(550,\)"):
+        op.step(v, cell[:-1], 0.1)
+    with pytest.raises(ValueError, match="integers"):
+        op.step(v, cell.astype(float), 0.1)
+    with pytest.raises(ValueError, match="non-negative"):
+        op.step(v, cell - 1, 0.1)
+    for dt in (0.0, -1.0, math.nan):
+        with pytest.raises(ValueError, match="dt must be"):
+            op.step(v, cell, dt)
+    with pytest.raises(ValueError, match="batched=True"):
+        LandauCollisions(ps.KDE(), batched=True)
+    with pytest.raises(ValueError, match="random_batch"):
+        LandauCollisions(ps.KDE(), random_batch=1)
+    with pytest.raises(ValueError, match="integrator"):
+        LandauCollisions(ps.KDE(), integrator="rk4")
+    np.testing.assert_array_equal(v, keep)                           # input never modified
