@@ -160,7 +160,7 @@ class DiScoFormer(ScoreEstimator):
     def __init__(self, net: DiScoFormerNet, *, adapt_steps: int = 0, adapt_lr: float = 1e-3,
                  warm_start: bool = False, proximal: float = 1e-2, max_drift: float = 0.5,
                  adapt_points: int = 256, warm_iters: int = 3, refit_every: int = 25,
-                 max_context: int | None = 2048, max_pairs: int = 2 ** 25, source: str = "<in memory>",
+                 max_context: int | None = 2048, max_pairs: int = 2 ** 23, source: str = "<in memory>",
                  sha256: str | None = None):
         if not isinstance(adapt_steps, int) or isinstance(adapt_steps, bool) or adapt_steps < 0:
             raise ValueError(f"adapt_steps must be a non-negative int, got {adapt_steps!r}")
@@ -192,7 +192,7 @@ class DiScoFormer(ScoreEstimator):
     @classmethod
     def pretrained(cls, dim: int, *, adapt_steps: int = 0, adapt_lr: float = 1e-3,
                    warm_start: bool = False, warm_iters: int = 3, refit_every: int = 25,
-                   max_context: int | None = 2048, max_pairs: int = 2 ** 25) -> "DiScoFormer":
+                   max_context: int | None = 2048, max_pairs: int = 2 ** 23) -> "DiScoFormer":
         """The weights shipped for dimension ``dim`` (ValueError listing the shipped dims)."""
         path = weights_path(dim)
         if not path.is_file():
@@ -205,7 +205,7 @@ class DiScoFormer(ScoreEstimator):
     @classmethod
     def from_file(cls, path, *, adapt_steps: int = 0, adapt_lr: float = 1e-3,
                   warm_start: bool = False, warm_iters: int = 3, refit_every: int = 25,
-                  max_context: int | None = 2048, max_pairs: int = 2 ** 25,
+                  max_context: int | None = 2048, max_pairs: int = 2 ** 23,
                   expected_sha256: str | None = None) -> "DiScoFormer":
         """Weights from any file written by :func:`save_weights`; with ``expected_sha256`` the
         file's checksum must match (ValueError otherwise)."""
