@@ -247,10 +247,11 @@ class DiScoFormer(ScoreEstimator):
         (the adaptable parameters), ``calls``, and, once a warm fit exists, ``fit.<key>`` for the
         mixture (whitened units), the frame it lives in, its age and reference gain. Restoring it
         with :meth:`load_state_dict` makes the next call bitwise equal to an uninterrupted run."""
-        state = {f"adapted.{i}": p.detach().clone().cpu() for i, p in enumerate(self.net.adaptable_parameters())}
+        state = {f"adapted.{i}": p.detach().cpu().clone().contiguous()
+                 for i, p in enumerate(self.net.adaptable_parameters())}
         state["calls"] = torch.tensor(self._calls, dtype=torch.int64)
         if self._fit is not None:
-            state.update({f"fit.{k}": self._fit[k].detach().clone().cpu() for k in self._FIT_KEYS})
+            state.update({f"fit.{k}": self._fit[k].detach().cpu().clone().contiguous() for k in self._FIT_KEYS})
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -271,7 +272,9 @@ class DiScoFormer(ScoreEstimator):
             for key, p in expected.items():
                 p.copy_(torch.as_tensor(state[key]).to(p))
         self._calls = int(state["calls"])
-        self._fit = ({k: torch.as_tensor(state[f"fit.{k}"]).clone() for k in self._FIT_KEYS} if present_fit else None)
+        device = next(self.net.parameters()).device
+        self._fit = ({k: torch.as_tensor(state[f"fit.{k}"]).clone().to(device) for k in self._FIT_KEYS}
+                     if present_fit else None)
 
     def diagnostics(self) -> dict[str, float]:
         return {} if self._last_consistency is None else {"consistency_loss": self._last_consistency}
@@ -425,13 +428,14 @@ class DiScoFormer(ScoreEstimator):
             raise ValueError("contexts hold NaN or infinite values in their valid rows")
         if C == 0:
             return (np.zeros((0, n_max)), np.zeros((0, n_max, d))) if is_numpy else (x[..., 0] * 0, x * 0)
-        ctx = x.to(self._model_dtype())                                      # (C, n_max, d)
+        device = next(self.net.parameters()).device
+        ctx = x.to(device=device, dtype=self._model_dtype())                 # (C, n_max, d)
         with torch.no_grad():
             enc = self.model.encode(ctx, counts=counts_list)
             log_f, score = self.model.predict(enc, ctx)                     # (C, n_max), (C, n_max, d)
         mask = mask.to(log_f.device)
-        log_f = torch.where(mask, log_f, 0.0).to(x.dtype)                   # (C, n_max)
-        score = torch.where(mask[..., None], score, 0.0).to(x.dtype)        # (C, n_max, d)
+        log_f = torch.where(mask, log_f, 0.0).to(device=x.device, dtype=x.dtype)             # (C, n_max)
+        score = torch.where(mask[..., None], score, 0.0).to(device=x.device, dtype=x.dtype)  # (C, n_max, d)
         return (log_f.numpy(), score.numpy()) if is_numpy else (log_f, score)
 
     def _evaluate(self, context, queries):

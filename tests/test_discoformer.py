@@ -377,6 +377,8 @@ def test_state_dict_resume_is_bitwise_with_adaptation_and_warm_fit():
         first(_separating_pair(2, t)[0])
     state = first.state_dict()
     assert all(isinstance(v, torch.Tensor) for v in state.values()) and "fit.mean" in state
+    from safetensors.torch import load, save
+    state = load(save(state))                                        # how the trajectory file stores it
     resumed = make()
     resumed.load_state_dict(state)
     for t in range(2, 4):
