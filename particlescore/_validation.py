@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["as_particles", "as_queries", "check_min_particles"]
+__all__ = ["as_particles", "as_queries", "check_min_particles", "seeded_generator"]
 
 
 def _first_bad_index(x: torch.Tensor) -> tuple[int, ...]:
@@ -75,3 +75,13 @@ def check_min_particles(x: torch.Tensor, minimum: int, why: str) -> None:
     """Raise if fewer than ``minimum`` particles are given (e.g. to estimate a covariance)."""
     if x.shape[0] < minimum:
         raise ValueError(f"need at least {minimum} particles {why}, got {x.shape[0]} (context shape {tuple(x.shape)})")
+
+
+def seeded_generator(*keys: int) -> torch.Generator:
+    """A ``torch.Generator`` seeded from integer ``keys`` (e.g. ``(seed, step)``) through
+    ``numpy.random.SeedSequence``: the same keys replay the same draws (a resumed run sees the
+    draws of an uninterrupted one), different keys give independent streams."""
+    if not keys or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0 for k in keys):
+        raise ValueError(f"seeded_generator needs non-negative int keys, got {keys!r}")
+    words = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed((int(words[0]) << 31) ^ int(words[1]))    # < 2^63

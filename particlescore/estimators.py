@@ -48,6 +48,19 @@ class ScoreEstimator:
     def reset(self) -> None:
         """Forget any state carried between calls (stateless estimators: nothing to do)."""
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything carried between calls, as named tensors (stateless estimators: empty).
+
+        The solver saves it with each record and restores it with :meth:`load_state_dict` on
+        resume, so a resumed run is bitwise identical; a stateful estimator must override both.
+        """
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output (ValueError for state this estimator cannot hold)."""
+        if state:
+            raise ValueError(f"{type(self).__name__} carries no state, got {sorted(state)}")
+
     def diagnostics(self) -> dict[str, float]:
         """Scalars about the last call worth recording per time step (e.g. a consistency loss)."""
         return {}

@@ -72,6 +72,10 @@ class Problem:
         dist = self.exact_distribution(t)
         return None if dist is None else dist.covariance.to(_F64)
 
+    def relaxation_time(self) -> float | None:
+        """The problem's fastest time scale τ (None if unknown); the solver warns when dt > τ."""
+        return None
+
     def config(self) -> dict:
         """Plain data that rebuilds this problem with :func:`problem_from_config`."""
         raise NotImplementedError
@@ -104,6 +108,10 @@ class BKWProblem(Problem):
 
     def exact_distribution(self, t):
         return BKW(self.dim, max(float(t), self.t0), B=self.B)
+
+    def relaxation_time(self):
+        """``1/(2B(d−1))``: the rate of ``K(t) = 1 − e^{−2B(d−1)t}·…`` in the BKW solution."""
+        return 1.0 / (2.0 * self.B * (self.dim - 1))
 
     def config(self):
         return {"problem": "BKWProblem", "dim": self.dim, "B": self.B,
@@ -173,6 +181,10 @@ class AnisotropicMaxwell(Problem):
         decay = math.exp(-rate * (float(t) - self.t0))
         return self.equilibrium_covariance - (self.equilibrium_covariance - self.initial_covariance) * decay
 
+    def relaxation_time(self):
+        """``1/(4dB)``: the decay rate of ``Σ(t) − Σ∞``."""
+        return 1.0 / (4.0 * self.dim * self.B)
+
     def config(self):
         return {"problem": "AnisotropicMaxwell", "dim": self.dim, "B": self.B, "initial": self.initial,
                 "random_batch_size": self.physics.random_batch_size}
@@ -212,6 +224,11 @@ class CoulombRelaxation(Problem):
     def exact_covariance(self, t):
         return None
 
+    def relaxation_time(self):
+        """``1/(4dB)``, the Maxwell-molecule rate at unit thermal speed (an estimate: the Coulomb
+        rate is of that order at thermal speeds and faster for slow relative velocities)."""
+        return 1.0 / (4.0 * self.dim * self.B)
+
     def config(self):
         return {"problem": "CoulombRelaxation", "dim": self.dim, "B": self.B, "initial": self.initial,
                 "regularization": self.regularization, "random_batch_size": self.physics.random_batch_size}
@@ -248,6 +265,10 @@ class OrnsteinUhlenbeck(Problem):
     def exact_distribution(self, t):
         return isotropic_gaussian(self.dim, self.variance(t), dtype=_F64)
 
+    def relaxation_time(self):
+        """``1/2``: the variance relaxes as ``e^{−2t}``."""
+        return 0.5
+
     def config(self):
         return {"problem": "OrnsteinUhlenbeck", "dim": self.dim, "t0": self.t0}
 
@@ -269,6 +290,10 @@ class PureDiffusion(Problem):
 
     def exact_distribution(self, t):
         return isotropic_gaussian(self.dim, 2.0 * self.D * float(t), dtype=_F64)
+
+    def relaxation_time(self):
+        """``t0``: the variance ``2Dt`` changes at the relative rate ``1/t``, fastest at the start."""
+        return self.t0
 
     def config(self):
         return {"problem": "PureDiffusion", "dim": self.dim, "D": self.D, "t0": self.t0}
@@ -339,6 +364,10 @@ class MovingTrap(Problem):
 
     def exact_distribution(self, t):
         return isotropic_gaussian(2, self.variance(t), mean=self.exact_mean(t), dtype=_F64)
+
+    def relaxation_time(self):
+        """``min(1/(2(1−α)), 1, 1/(πw))``: variance relaxation, mean relaxation, trap rotation."""
+        return min(1.0 / (2.0 * (1.0 - self.alpha)), 1.0, 1.0 / (math.pi * self.w) if self.w else math.inf)
 
     def config(self):
         return {"problem": "MovingTrap", "a": self.a, "w": self.w, "alpha": self.alpha, "D": self.D,

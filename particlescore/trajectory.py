@@ -1,17 +1,27 @@
-"""Trajectory files: netCDF4 (HDF5) written while a run goes, read back with xarray (DESIGN §8).
+"""Trajectory files: netCDF4 (HDF5) written while a run goes, read back with xarray.
 
-Layout: dimensions ``time`` (unlimited, leading), ``particle``, ``dim`` (and ``dim2`` for
-matrices); variables ``time``, ``step``, the state (``velocity`` for Landau, ``position`` for
-Fokker–Planck) ``(time, particle, dim)``, ``score (time, particle, dim)``,
-``log_density (time, particle)`` and per-time diagnostics (``(time,)``, ``(time, dim)`` or
-``(time, dim, dim2)``). CF-style ``units``/``long_name`` on every variable; global
-``Conventions``, ``title``, ``source``, ``history`` plus whatever the caller records (resolved
-configuration, seed, estimator, weights checksum), dicts JSON-encoded.
+Layout (docs/trajectory.md): dimensions ``time`` (unlimited, leading), ``particle``, ``dim``
+(and ``dim2`` for matrices), each with an integer coordinate variable; variables ``time``,
+``step``, the state (``velocity`` for Landau, ``position`` for Fokker–Planck)
+``(time, particle, dim)``, ``score (time, particle, dim)``, ``log_density (time, particle)`` and
+per-time diagnostics (``(time,)``, ``(time, dim)`` or ``(time, dim, dim2)``). CF-style
+``units``/``long_name`` on every variable; global ``Conventions``, ``title``, ``source``,
+``history`` plus whatever the caller records (resolved configuration, seed, estimator, weights
+checksum), dicts JSON-encoded. The group ``resume`` (invisible to ``xarray.open_dataset``)
+holds what an exact restart needs beyond the records: the estimator's ``state_dict()`` at each
+record (safetensors bytes) and, when the state is stored as float32, the last two states in
+float64.
 
-xarray cannot append along a dimension, so :class:`TrajectoryWriter` creates the file once with
-netCDF4 and appends one record (slab) per save, writing the record's ``time`` last and syncing:
-a record whose ``time`` is missing (NaN fill) was cut short and is ignored by readers and
-overwritten on resume.
+Options: ``precision="float32"`` stores state, score and log-density in single precision,
+``compress=True`` deflates them with zlib (level 4, byte shuffle); chunks hold one record
+(chunking along time). The default is float64, uncompressed: lossless.
+
+Data safety: :meth:`TrajectoryWriter.create` writes to a temporary file beside the target and
+renames it over the target only once the first record is synced, so a run that fails before
+its first record leaves nothing behind and an overwrite never destroys a good file for a run
+that never produced a record. Each append writes the record's ``time`` last and syncs: a record
+whose ``time`` is missing (NaN fill) was cut short and is ignored by readers and overwritten on
+resume.
 """
 from __future__ import annotations
 
@@ -27,14 +37,20 @@ import numpy as np
 from ._version import __version__
 
 __all__ = [
-    "TrajectoryWriter", "open_trajectory", "check_output_path", "decode_attrs",
-    "DIAGNOSTIC_METADATA",
+    "TrajectoryWriter", "open_trajectory", "check_output_path", "decode_attrs", "read_last_record",
+    "recorded_run_config", "DIAGNOSTIC_METADATA", "PRECISIONS",
 ]
 
 #: Global attribute naming the state variable; its presence marks a particlescore trajectory.
 STATE_ATTR = "state_variable"
 #: Global attribute listing the attributes that hold JSON (dicts, lists, booleans, None).
 JSON_ATTR = "json_attributes"
+#: Group holding the restart data (estimator state per record, float64 state copies).
+RESUME_GROUP = "resume"
+#: Storage precisions of the state, score and log-density.
+PRECISIONS = {"float64": "f8", "float32": "f4"}
+#: zlib level for ``compress=True`` (4: most of level 9's gain on float data at a fraction of the time).
+ZLIB_LEVEL = 4
 
 #: ``units`` and ``long_name`` of the diagnostics the solver records (others get units "1").
 DIAGNOSTIC_METADATA: dict[str, tuple[str, str]] = {
@@ -62,12 +78,31 @@ def _probe_writable(directory: str) -> bool:
         return False
 
 
+def holds_no_record(path) -> bool:
+    """True when ``path`` is a particlescore trajectory without a single complete record (what a
+    run that failed before its first record left behind with particlescore < 0.2): a retry may
+    reuse it."""
+    try:
+        ds = _open_netcdf(path, "r")
+    except ValueError:
+        return False
+    try:
+        attrs = {key: ds.getncattr(key) for key in ds.ncattrs()}
+        _state_variable(attrs, ds.variables, path)
+        return not _complete_mask(ds.variables["time"][:]).any()
+    except ValueError:
+        return False
+    finally:
+        ds.close()
+
+
 def check_output_path(path, *, overwrite: bool = False, resume: bool = False) -> str:
     """Check that a trajectory can be written at ``path`` (before any simulation work).
 
     Raises ``ValueError("output path not writable: ...")`` when the path is a directory, its
     directory is missing or read-only, or the file exists and neither ``overwrite`` nor
-    ``resume`` is set; with ``resume`` the file must exist. Returns the path as ``str``.
+    ``resume`` is set (unless it is a trajectory holding no record, which a retry reuses);
+    with ``resume`` the file must exist. Returns the path as ``str``. Touches nothing.
     """
     path = os.fspath(path)
     if not path:
@@ -80,12 +115,12 @@ def check_output_path(path, *, overwrite: bool = False, resume: bool = False) ->
     exists = os.path.exists(path)
     if resume and not exists:
         raise ValueError(f"cannot resume: trajectory file {path!r} does not exist")
-    if exists and not (overwrite or resume):
+    if exists and not (overwrite or resume) and not holds_no_record(path):
         raise ValueError(f"output file {path!r} already exists; pass overwrite=True (--overwrite) "
                          f"to replace it or resume=True (--resume) to continue it")
     if exists and not os.access(path, os.W_OK):
         raise ValueError(f"output path not writable: {path!r} (file is read-only)")
-    if not exists and not _probe_writable(directory):
+    if not _probe_writable(directory):
         raise ValueError(f"output path not writable: {path!r} (cannot create files in {directory!r})")
     return path
 
@@ -179,27 +214,54 @@ def _complete_mask(times: np.ndarray) -> np.ndarray:
     return np.isfinite(times)
 
 
+# --------------------------------------------------------------------------- estimator state
+def pack_state(state: dict) -> bytes:
+    """An estimator's ``state_dict()`` (str -> tensor) as safetensors bytes (exact bits)."""
+    import safetensors.torch
+    import torch
+
+    tensors = {}
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise ValueError(f"estimator state must map str to torch.Tensor, got {key!r}: {type(value).__name__}")
+        tensors[key] = value.detach().cpu().contiguous().clone()
+    return safetensors.torch.save(tensors)
+
+
+def unpack_state(blob) -> dict:
+    """Inverse of :func:`pack_state`."""
+    import safetensors.torch
+
+    return dict(safetensors.torch.load(bytes(np.asarray(blob, dtype=np.uint8))))
+
+
 # --------------------------------------------------------------------------- writer
 class TrajectoryWriter:
     """Append-only netCDF4 trajectory writer; use :meth:`create` or :meth:`open_for_resume`.
 
     The netCDF4 dataset stays open between appends; each :meth:`append` ends with ``sync()``
-    so a record is on disk when the call returns.
+    so a record is on disk when the call returns. A writer from :meth:`create` writes to a
+    temporary file beside ``path`` and renames it to ``path`` after its first record; closing
+    it before any record deletes the temporary file.
     """
 
-    def __init__(self, dataset, path: str, state_name: str, n_particles: int, dim: int, index: int):
+    def __init__(self, dataset, path: str, state_name: str, n_particles: int, dim: int, index: int,
+                 pending: str | None = None):
         self._ds = dataset
         self.path = path
         self.state_name = state_name
         self.n_particles = n_particles
         self.dim = dim
         self._index = index
+        self._pending = pending        # temporary file renamed to ``path`` at the first record
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def create(cls, path, *, state_name: str, n_particles: int, dim: int, attrs: dict,
-               overwrite: bool = False, command: str | None = None) -> "TrajectoryWriter":
-        """Create the file now (format NETCDF4) with its dimensions, variables and attributes."""
+               overwrite: bool = False, command: str | None = None, compress: bool = False,
+               precision: str = "float64") -> "TrajectoryWriter":
+        """Define the file (format NETCDF4) with its dimensions, variables and attributes, in a
+        temporary file beside ``path`` that becomes ``path`` at the first record."""
         import netCDF4
 
         if state_name not in _STATE_LONG_NAMES:
@@ -207,14 +269,21 @@ class TrajectoryWriter:
         for name, value in (("n_particles", n_particles), ("dim", dim)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(compress, bool):
+            raise ValueError(f"compress must be True or False, got {compress!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         path = check_output_path(path, overwrite=overwrite)
         encoded, json_keys = _encode_attrs(dict(attrs))
+        directory, name = os.path.split(os.path.abspath(path))
         try:
-            ds = netCDF4.Dataset(path, "w", format="NETCDF4")
+            handle, pending = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".partial")
+            os.close(handle)
+            ds = netCDF4.Dataset(pending, "w", format="NETCDF4")
         except OSError as err:
             raise ValueError(f"output path not writable: {path!r} ({err})") from err
         try:
-            cls._define(ds, state_name, int(n_particles), int(dim))
+            cls._define(ds, state_name, int(n_particles), int(dim), compress, precision)
             ds.setncattr("Conventions", "CF-1.10")
             ds.setncattr("title", f"particlescore trajectory ({state_name})")
             ds.setncattr("source", f"particlescore {__version__}")
@@ -226,64 +295,67 @@ class TrajectoryWriter:
             ds.sync()
         except Exception:
             ds.close()
+            os.remove(pending)
             raise
-        return cls(ds, path, state_name, int(n_particles), int(dim), 0)
+        return cls(ds, path, state_name, int(n_particles), int(dim), 0, pending=pending)
 
     @staticmethod
-    def _define(ds, state_name: str, n: int, d: int) -> None:
+    def _define(ds, state_name: str, n: int, d: int, compress: bool, precision: str) -> None:
         ds.createDimension("time", None)
-        ds.createDimension("particle", n)
-        ds.createDimension("dim", d)
-        ds.createDimension("dim2", d)
+        for dim, size, long_name in (("particle", n, "particle index"), ("dim", d, "vector component index"),
+                                     ("dim2", d, "second vector component index (matrices)")):
+            ds.createDimension(dim, size)
+            coord = ds.createVariable(dim, "i8", (dim,))
+            coord.setncatts({"units": "1", "long_name": long_name})
+            coord[:] = np.arange(size)
         time = ds.createVariable("time", "f8", ("time",), fill_value=np.nan)
         time.setncatts({"units": "1", "long_name": "simulation time (nondimensional)", "axis": "T"})
         step = ds.createVariable("step", "i8", ("time",))
         step.setncatts({"units": "1", "long_name": "time-step index"})
-        chunks = (1, n, d)
-        state = ds.createVariable(state_name, "f8", ("time", "particle", "dim"), fill_value=np.nan, chunksizes=chunks)
-        state.setncatts({"units": "1", "long_name": _STATE_LONG_NAMES[state_name]})
-        score = ds.createVariable("score", "f8", ("time", "particle", "dim"), fill_value=np.nan, chunksizes=chunks)
-        score.setncatts({"units": "1", "long_name": f"estimated score (gradient of log-density) at each particle {state_name}"})
-        log_density = ds.createVariable("log_density", "f8", ("time", "particle"), fill_value=np.nan, chunksizes=(1, n))
-        log_density.setncatts({"units": "1", "long_name": "estimated log-density at each particle"})
+        kind = PRECISIONS[precision]
+        deflate = dict(zlib=True, complevel=ZLIB_LEVEL, shuffle=True) if compress else {}
+        for name, dims, chunks, long_name in (
+                (state_name, ("time", "particle", "dim"), (1, n, d), _STATE_LONG_NAMES[state_name]),
+                ("score", ("time", "particle", "dim"), (1, n, d),
+                 f"estimated score (gradient of log-density) at each particle {state_name}"),
+                ("log_density", ("time", "particle"), (1, n), "estimated log-density at each particle")):
+            var = ds.createVariable(name, kind, dims, fill_value=np.nan, chunksizes=chunks, **deflate)
+            var.setncatts({"units": "1", "long_name": long_name})
+        group = ds.createGroup(RESUME_GROUP)
+        state_t = group.createVLType(np.uint8, "state_bytes")
+        blob = group.createVariable("estimator_state", state_t, ("time",))
+        blob.setncatts({"long_name": "estimator state_dict() before the record's first evaluation (safetensors)"})
+        if precision != "float64":   # the last two states exactly, so a resume stays bitwise
+            group.createDimension("slot", 2)
+            exact = group.createVariable("state_float64", "f8", ("slot", "particle", "dim"), fill_value=np.nan)
+            exact.setncatts({"long_name": f"{state_name} of record i in slot i mod 2, float64"})
 
     @classmethod
-    def open_for_resume(cls, path, *, command: str | None = None) -> tuple["TrajectoryWriter", dict]:
-        """Reopen ``path`` in 'a' mode after its last complete record.
+    def open_for_resume(cls, path, *, command: str | None = None, note: str = "",
+                        attrs: dict | None = None) -> tuple["TrajectoryWriter", dict]:
+        """Reopen ``path`` in 'a' mode after its last complete record (:func:`read_last_record`).
 
-        Returns the writer (whose next append overwrites any incomplete trailing record) and
-        ``dict(step, time, state, attrs)`` of the last complete record; ``attrs`` are the global
-        attributes with JSON values decoded.
+        Appends ``resumed at step k`` (plus ``note``) to ``history`` and sets ``attrs``. Returns
+        the writer (whose next append overwrites any incomplete trailing record) and the record.
         """
+        record = read_last_record(path)
+        encoded, json_keys = _encode_attrs(dict(attrs or {}))
         ds = _open_netcdf(path, "a")
         try:
-            attrs = {key: ds.getncattr(key) for key in ds.ncattrs()}
-            state_name = _state_variable(attrs, ds.variables, path)
-            ds.set_auto_mask(False)
-            complete = _complete_mask(ds.variables["time"][:])
-            state_var = ds.variables[state_name]
-            last = None
-            for index in np.flatnonzero(complete)[::-1]:
-                if np.all(np.isfinite(state_var[index])):
-                    last = int(index)
-                    break
-            if last is None:
-                raise ValueError(f"trajectory {os.fspath(path)!r} holds no complete record to resume from")
-            record = {
-                "step": int(ds.variables["step"][last]),
-                "time": float(ds.variables["time"][last]),
-                "state": np.array(state_var[last], dtype=np.float64),
-                "attrs": decode_attrs(attrs),
-            }
-            n, d = record["state"].shape
-            history = f"{attrs.get('history', '')}\n{_timestamp()}: resumed at step {record['step']}: " \
-                      f"{command if command is not None else _default_command()}"
+            history = f"{ds.getncattr('history') if 'history' in ds.ncattrs() else ''}\n{_timestamp()}: " \
+                      f"resumed at step {record['step']}{note}: {command if command is not None else _default_command()}"
             ds.setncattr("history", history.lstrip("\n"))
+            for key, value in encoded.items():
+                ds.setncattr(key, value)
+            if json_keys:
+                known = [k for k in str(ds.getncattr(JSON_ATTR) if JSON_ATTR in ds.ncattrs() else "").split(",") if k]
+                ds.setncattr(JSON_ATTR, ",".join(known + [k for k in json_keys if k not in known]))
             ds.sync()
         except Exception:
             ds.close()
             raise
-        return cls(ds, os.fspath(path), state_name, n, d, last + 1), record
+        n, d = record["state"].shape
+        return cls(ds, os.fspath(path), record["attrs"][STATE_ATTR], n, d, record["index"] + 1), record
 
     # ------------------------------------------------------------------ writing
     @property
@@ -292,8 +364,9 @@ class TrajectoryWriter:
         return self._index
 
     def append(self, *, step: int, time: float, state, score, log_density,
-               diagnostics: dict | None = None) -> None:
-        """Write one record; ``time`` goes last, then the file is synced."""
+               diagnostics: dict | None = None, estimator_state: dict | None = None) -> None:
+        """Write one record (``estimator_state``: the estimator's ``state_dict()`` to restart
+        from it); ``time`` goes last, then the file is synced."""
         if self._ds is None:
             raise ValueError(f"trajectory writer for {self.path!r} is closed")
         n, d = self.n_particles, self.dim
@@ -301,6 +374,7 @@ class TrajectoryWriter:
         score = None if score is None else _as_numpy(score, "score", (n, d))
         log_density = None if log_density is None else _as_numpy(log_density, "log_density", (n,))
         diagnostics = {name: self._diagnostic_array(name, value) for name, value in (diagnostics or {}).items()}
+        blob = None if estimator_state is None else pack_state(estimator_state)
         time = float(time)
         if not np.isfinite(time):
             raise ValueError(f"time must be finite, got {time!r}")
@@ -314,9 +388,22 @@ class TrajectoryWriter:
             ds.variables["log_density"][i] = log_density
         for name, value in diagnostics.items():
             self._diagnostic_variable(name, value.ndim)[i] = value
+        group = ds.groups.get(RESUME_GROUP)
+        if group is not None and blob is not None and "estimator_state" in group.variables:
+            group.variables["estimator_state"][i] = np.frombuffer(blob, dtype=np.uint8)
+        if group is not None and "state_float64" in group.variables:
+            group.variables["state_float64"][i % 2] = state
         ds.variables["time"][i] = time
         ds.sync()
         self._index = i + 1
+        if self._pending is not None:      # first record on disk: the file takes its name now
+            descriptor = os.open(self._pending, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+            os.replace(self._pending, self.path)
+            self._pending = None
 
     def _diagnostic_array(self, name: str, value) -> np.ndarray:
         if not isinstance(name, str) or not name or name in self._ds.dimensions:
@@ -345,10 +432,16 @@ class TrajectoryWriter:
 
     # ------------------------------------------------------------------ closing
     def close(self) -> None:
-        """Close the file (idempotent)."""
+        """Close the file (idempotent); a new file closed before its first record is deleted."""
         if self._ds is not None:
             self._ds.close()
             self._ds = None
+        if self._pending is not None:
+            try:
+                os.remove(self._pending)
+            except FileNotFoundError:
+                pass
+            self._pending = None
 
     @property
     def closed(self) -> bool:
@@ -366,6 +459,48 @@ class TrajectoryWriter:
 
 
 # --------------------------------------------------------------------------- reading
+def read_last_record(path) -> dict:
+    """The last complete record of a trajectory, read only (the file is not modified).
+
+    Returns ``dict(index, step, time, state (n, d) float64, attrs, estimator_state)``: ``attrs``
+    are the global attributes with JSON values decoded; ``estimator_state`` is the stored
+    ``state_dict()`` (None when the file stores none for this record). ValueError when the
+    file holds no complete record.
+    """
+    ds = _open_netcdf(path, "r")
+    try:
+        attrs = {key: ds.getncattr(key) for key in ds.ncattrs()}
+        state_name = _state_variable(attrs, ds.variables, path)
+        ds.set_auto_mask(False)
+        complete = np.flatnonzero(_complete_mask(ds.variables["time"][:]))
+        state_var = ds.variables[state_name]
+        last = next((int(i) for i in complete[::-1] if np.all(np.isfinite(state_var[i]))), None)
+        if last is None:
+            raise ValueError(f"trajectory {os.fspath(path)!r} holds no complete record to resume from")
+        group = ds.groups.get(RESUME_GROUP)
+        state = np.array(state_var[last], dtype=np.float64)
+        if group is not None and "state_float64" in group.variables and last == complete[-1]:
+            state = np.array(group.variables["state_float64"][last % 2], dtype=np.float64)
+        blob = None
+        if group is not None and "estimator_state" in group.variables:
+            entry = group.variables["estimator_state"][last]
+            blob = entry if entry is not None and len(entry) else None
+        return {"index": last, "step": int(ds.variables["step"][last]), "time": float(ds.variables["time"][last]),
+                "state": state, "attrs": decode_attrs(attrs),
+                "estimator_state": None if blob is None else unpack_state(blob)}
+    finally:
+        ds.close()
+
+
+def recorded_run_config(path) -> dict | None:
+    """The run configuration (TOML tables) a trajectory records, or None."""
+    with open_trajectory(path, load=False) as ds:
+        recorded = decode_attrs(ds.attrs).get("config")
+    if isinstance(recorded, dict) and isinstance(recorded.get("run_config"), dict):
+        return recorded["run_config"]
+    return None
+
+
 def open_trajectory(path, *, load: bool = True):
     """Open a trajectory as an ``xarray.Dataset`` (times as plain floats, no datetime decoding).
 

@@ -1,5 +1,6 @@
 """Trajectory files: round trip, incomplete records and resume, path checks (DESIGN §8)."""
 import os
+import shutil
 
 import netCDF4
 import numpy as np
@@ -107,9 +108,14 @@ def test_incomplete_record_dropped_and_resume_overwrites_it(tmp_path):
 
 def test_resume_without_complete_record_or_trajectory(tmp_path):
     path = tmp_path / "empty.nc"
-    TrajectoryWriter.create(path, state_name="velocity", n_particles=N, dim=D, attrs={}).close()
+    writer = TrajectoryWriter.create(path, state_name="velocity", n_particles=N, dim=D, attrs={})
+    assert not path.exists()                    # the file appears at its first record (issue 12.2)
+    shutil.copy(writer._pending, path)          # what particlescore < 0.2 left after an early failure
+    writer.close()
+    assert sorted(os.listdir(tmp_path)) == ["empty.nc"]          # closing before a record leaves nothing
     with pytest.raises(ValueError, match="no complete record"):
         TrajectoryWriter.open_for_resume(path)
+    assert check_output_path(path) == os.fspath(path)            # a retry may reuse a file without records
     plain = tmp_path / "plain.nc"
     with netCDF4.Dataset(plain, "w") as ds:
         ds.createDimension("x", 2)
