@@ -19,7 +19,7 @@ import numpy as np
 
 from . import config as _config
 from ._version import __version__
-from .trajectory import check_output_path, decode_attrs, open_trajectory
+from .trajectory import check_output_path, decode_attrs, open_trajectory, recorded_run_config
 
 __all__ = ["main", "build_parser"]
 
@@ -125,23 +125,10 @@ def _run_config_of(attrs: dict) -> dict | None:
 
 
 def _config_from_trajectory(path) -> _config.RunConfig:
-    with open_trajectory(path, load=False) as ds:
-        attrs = decode_attrs(ds.attrs)
-    run_config = _run_config_of(attrs)
+    run_config = recorded_run_config(path)
     if run_config is None:
         raise ValueError(f"{path!r} records no run configuration; pass the CONFIG.toml to resume")
     return _config.config_from_dict(run_config)
-
-
-def _check_resumable(path, cfg: _config.RunConfig, state_name: str) -> None:
-    with open_trajectory(path, load=False) as ds:
-        if ds.sizes.get("time", 0) == 0:
-            raise ValueError(f"cannot resume: {path!r} holds no complete record")
-        n, d = ds.sizes["particle"], ds.sizes["dim"]
-        recorded_state = ds.attrs.get("state_variable")
-    if (n, d) != (cfg.run.n, cfg.problem.dim) or recorded_state != state_name:
-        raise ValueError(f"cannot resume: {path!r} holds {recorded_state} of {n} particles in d={d}, "
-                         f"but the configuration asks for {state_name} of n={cfg.run.n} in d={cfg.problem.dim}")
 
 
 def _cmd_run(args) -> int:
@@ -155,8 +142,6 @@ def _cmd_run(args) -> int:
     if not cfg.run.t_end > problem.t0:
         raise ValueError(f"run.t_end = {cfg.run.t_end} must be after the problem's start time t0 = {problem.t0:.6g} "
                          f"(t_end is absolute time)")
-    if args.resume:
-        _check_resumable(out, cfg, problem.state_name)
     from . import distributed, runtime
     from .solver import simulate
     device = runtime.resolve_device(args.device or cfg.run.device)   # checked before any output
@@ -165,7 +150,7 @@ def _cmd_run(args) -> int:
           f"dt={cfg.run.dt}, t_end={cfg.run.t_end} -> {out}", file=sys.stderr)
     start = _time.perf_counter()
     try:
-        simulate(problem, estimator, n=cfg.run.n, dt=cfg.run.dt, t_end=cfg.run.t_end,
+        solution = simulate(problem, estimator, n=cfg.run.n, dt=cfg.run.dt, t_end=cfg.run.t_end,
                  save_every=cfg.run.save_every, seed=cfg.run.seed, out=out, integrator=integrator,
                  progress=not args.no_progress, resume=args.resume, config=_config.config_to_dict(cfg),
                  overwrite=args.overwrite, device=device, threads=threads)
@@ -177,6 +162,10 @@ def _cmd_run(args) -> int:
     except Exception as err:  # a failure during the run: one line, not a traceback
         return _fail(f"run failed: {type(err).__name__}: {err}", 1)
     wall = _time.perf_counter() - start
+    if args.resume and solution.new_records == 0:   # the run was already complete: the file is untouched
+        print(f"nothing to do: {out} already reaches t_end = {cfg.run.t_end} (step {solution.steps[-1]}); "
+              f"the file is unchanged")
+        return 0
     if distributed.is_main():  # torchrun: rank 0 wrote the file and reports
         print(_summary(out, wall))
     return 0
