@@ -2,7 +2,7 @@
 
 Boffi & Vanden-Eijnden, "Probability flow solution of the Fokker–Planck equation", Mach.
 Learn.: Sci. Technol. 2023 (SBTM); Ilin, Hu & Wang, "A score-based particle method for
-homogeneous Landau equation", 2024 (the same idea for Landau). DESIGN §3.
+homogeneous Landau equation", J. Comput. Phys. 2024 (the same idea for Landau).
 """
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from typing import Callable
 
 import torch
 
+from . import registry
+from ._validation import check_float, check_int
 from .estimators import ScoreEstimator
 
 __all__ = ["SBTM"]
@@ -88,17 +90,12 @@ class SBTM(ScoreEstimator):
                                      ("initial_fit_steps", initial_fit_steps, 0),
                                      ("hutchinson_probes", hutchinson_probes, 0), ("seed", seed, 0),
                                      ("noise_pairs", noise_pairs, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+            check_int(name, value, minimum=minimum)
         for name, value in (("lr", lr), ("noise_scale", noise_scale), ("initial_fit_lr", initial_fit_lr)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive finite float, got {value!r}")
-        if (isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float))
-                or not (math.isfinite(weight_decay) and weight_decay >= 0)):
-            raise ValueError(f"weight_decay must be a finite float >= 0, got {weight_decay!r}")
-        if grad_clip is not None and (isinstance(grad_clip, bool) or not isinstance(grad_clip, (int, float))
-                                      or not (math.isfinite(grad_clip) and grad_clip > 0)):
-            raise ValueError(f"grad_clip must be a positive finite float or None, got {grad_clip!r}")
+            check_float(name, value, positive=True)
+        check_float("weight_decay", weight_decay, minimum=0.0)
+        if grad_clip is not None:
+            check_float("grad_clip", grad_clip, positive=True)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(repr(v) for v in LOSSES)}, got {loss!r}")
         if initial_score is not None and not callable(initial_score):
@@ -146,6 +143,47 @@ class SBTM(ScoreEstimator):
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything carried between calls: ``net.*`` (the network), ``opt.<i>.<key>`` (AdamW
+        moments), ``generator``, ``calls``, ``last_loss``, ``last_noise_level``. Restoring it
+        with :meth:`load_state_dict` makes the next call bitwise equal to an uninterrupted run
+        (the solver saves it with each record)."""
+        state = {"generator": self.generator.get_state(), "calls": torch.tensor(self.calls, dtype=torch.int64),
+                 "last_loss": torch.tensor(self.last_loss, dtype=torch.float64),
+                 "last_noise_level": torch.tensor(self.last_noise_level, dtype=torch.float64)}
+        if self.net is not None:
+            state.update({f"net.{k}": v.detach().clone() for k, v in self.net.state_dict().items()})
+            for i, moments in self.optimizer.state_dict()["state"].items():
+                state.update({f"opt.{i}.{k}": torch.as_tensor(v).detach().clone() for k, v in moments.items()})
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output (ValueError naming what does not fit)."""
+        state = dict(state)
+        scalars = ("generator", "calls", "last_loss", "last_noise_level")
+        unknown = [k for k in state if k not in scalars and not k.startswith(("net.", "opt."))]
+        missing = [k for k in scalars if k not in state]
+        if unknown or missing:
+            raise ValueError(f"not an SBTM state: missing {missing}, unexpected {unknown}")
+        net = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
+        self.reset()
+        if net:
+            self._build(int(net["0.weight"].shape[1]))
+            try:
+                self.net.load_state_dict(net)
+            except RuntimeError as err:
+                raise ValueError(f"SBTM state does not fit this network (hidden={self.hidden}, "
+                                 f"layers={self.layers}): {err}") from None
+            optimizer = self.optimizer.state_dict()
+            for key, value in state.items():
+                if key.startswith("opt."):
+                    index, name = key[4:].split(".", 1)
+                    optimizer["state"].setdefault(int(index), {})[name] = value.clone()
+            self.optimizer.load_state_dict(optimizer)
+        self.generator.set_state(state["generator"])
+        self.calls = int(state["calls"])
+        self.last_loss, self.last_noise_level = float(state["last_loss"]), float(state["last_noise_level"])
 
     # ------------------------------------------------------------------ losses
     def noise_model(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -277,3 +315,16 @@ class SBTM(ScoreEstimator):
                 "hutchinson_probes": self.hutchinson_probes, "initial_fit_steps": self.initial_fit_steps,
                 "initial_fit_lr": self.initial_fit_lr, "initial_score": self.initial_score is not None,
                 "seed": self.seed}
+
+
+def _build(factory, options: dict, *, problem, seed: int) -> SBTM:
+    """The run's SBTM: seeded with the run's seed and fitted first to the problem's exact
+    initial score when it is known (Boffi & Vanden-Eijnden 2023)."""
+    try:
+        initial_score = problem.initial_distribution().score
+    except NotImplementedError:
+        initial_score = None
+    return factory(**options, initial_score=initial_score, seed=seed)
+
+
+registry.register("estimator", "sbtm", SBTM, exclude=("initial_score", "seed"), build=_build)

@@ -232,7 +232,8 @@ def unpack_state(blob) -> dict:
     """Inverse of :func:`pack_state`."""
     import safetensors.torch
 
-    return dict(safetensors.torch.load(bytes(np.asarray(blob, dtype=np.uint8))))
+    raw = bytes(blob) if isinstance(blob, (bytes, bytearray)) else np.asarray(blob, dtype=np.uint8).tobytes()
+    return dict(safetensors.torch.load(raw))
 
 
 # --------------------------------------------------------------------------- writer
