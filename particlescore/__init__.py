@@ -13,7 +13,8 @@ from .physics import FokkerPlanck, Landau
 from .problems import (AnisotropicMaxwell, BKWProblem, CoulombRelaxation, MovingTrap, OrnsteinUhlenbeck,
                        Problem, PureDiffusion, problem_from_config)
 from .sbtm import SBTM
-from .solver import Euler, Heun, Solution, simulate
+from .recording import SaveAt
+from .solver import BlowUpError, Euler, Heun, Solution, simulate
 from .trajectory import TrajectoryWriter, open_trajectory
 
 __all__ = [
@@ -23,5 +24,5 @@ __all__ = [
     "Landau", "FokkerPlanck",
     "Problem", "BKWProblem", "AnisotropicMaxwell", "CoulombRelaxation", "OrnsteinUhlenbeck", "PureDiffusion",
     "MovingTrap", "problem_from_config",
-    "simulate", "Euler", "Heun", "Solution", "open_trajectory", "TrajectoryWriter",
+    "simulate", "Euler", "Heun", "Solution", "SaveAt", "BlowUpError", "open_trajectory", "TrajectoryWriter",
 ]
