@@ -262,3 +262,60 @@ def test_sbtm_fits_the_initial_score_and_is_seeded():
     assert est.describe()["estimator"] == "SBTM"
     with pytest.raises(ValueError, match="steps_per_call"):
         SBTM(steps_per_call=-1)
+
+
+# --------------------------------------------------------------------------- loop parts (issue 10.3)
+def test_protocols_are_explicit():
+    from particlescore.physics import Landau
+    from particlescore.solver import Stateful, Stochastic, TimeDependent
+
+    problem = OrnsteinUhlenbeck(2)
+    assert isinstance(Exact(problem.exact_distribution), TimeDependent)
+    assert not isinstance(KDE(), TimeDependent)
+    assert isinstance(Landau(0.0, 1.0, random_batch_size=4), Stochastic) and problem.physics.stochastic is False
+    for est in (KDE(), Blob(), SBTM()):
+        assert isinstance(est, Stateful)
+    assert KDE().state_dict() == {}
+    with pytest.raises(ValueError, match="carries no state"):
+        KDE().load_state_dict({"x": torch.zeros(1)})
+
+
+def test_diagnostics_are_a_list_of_callables_and_recorders_see_every_record():
+    from particlescore.diagnostics import DEFAULT_DIAGNOSTICS, moments
+    from particlescore.recording import MemoryRecorder, Record
+
+    problem = OrnsteinUhlenbeck(2)
+    extra = MemoryRecorder()
+    seen = []
+
+    class Spy:
+        def append(self, record):
+            assert isinstance(record, Record) and record.state.shape == (20, 2)
+            seen.append(record.step)
+
+        def close(self):
+            seen.append("closed")
+
+    max_norm = lambda s: {"max_norm": float(s.state.norm(dim=1).max())}
+    sol = simulate(problem, KDE(), n=20, dt=0.1, t_end=1.0, save_every=2, progress=False,
+                   diagnostics=[moments, max_norm], recorders=[extra, Spy()])
+    assert sorted(sol.diagnostics) == ["covariance", "energy", "max_norm", "mean", "wall_time_per_step"]
+    np.testing.assert_allclose(sol.diagnostics["max_norm"], np.linalg.norm(sol.states, axis=2).max(1))
+    assert seen == [0, 2, 4, 5, "closed"] and extra.steps == [0, 2, 4, 5]
+    np.testing.assert_array_equal(np.stack(extra.states), sol.states)
+    full = simulate(problem, KDE(), n=20, dt=0.1, t_end=1.0, save_every=2, progress=False,
+                    diagnostics=DEFAULT_DIAGNOSTICS)
+    np.testing.assert_array_equal(full.diagnostics["covariance"], sol.diagnostics["covariance"])
+    with pytest.raises(ValueError, match="diagnostics"):
+        simulate(problem, KDE(), n=20, dt=0.1, t_end=1.0, progress=False, diagnostics=[1])
+    with pytest.raises(ValueError, match="recorders"):
+        simulate(problem, KDE(), n=20, dt=0.1, t_end=1.0, progress=False, recorders=[object()])
+
+
+def test_simulate_reads_in_one_screen():
+    import inspect
+
+    from particlescore import solver
+
+    lines = inspect.getsource(solver.simulate).splitlines()
+    assert len(lines) <= 60, len(lines)      # issue 10: the loop plus calls
