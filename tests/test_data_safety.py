@@ -254,3 +254,42 @@ def test_save_at_explicit_times():
         simulate(problem, KDE(), n=20, dt=0.1, t_end=1.0, saveat=SaveAt(times=[0.55]), progress=False)
     with pytest.raises(ValueError, match="not both"):
         simulate(problem, KDE(), n=20, dt=0.1, t_end=1.0, saveat=SaveAt(every=2), save_every=3, progress=False)
+
+
+KILLED_RUN = """
+import os, signal, sys
+import particlescore as ps
+
+class KillAt:                       # a recorder ahead of the netCDF one: SIGKILL before record {stop} is written
+    def append(self, record):
+        if record.step == {stop}:
+            os.kill(os.getpid(), signal.SIGKILL)
+    def close(self):
+        pass
+
+est = ps.DiScoFormer.pretrained(2, adapt_steps=1, warm_start=True, refit_every=2)
+ps.simulate(ps.AnisotropicMaxwell(2, random_batch_size=8), est, n=32, dt=0.05, t_end=0.4, seed=5,
+            out=sys.argv[1], progress=False, recorders=[KillAt()])
+"""
+
+
+def test_kill_9_then_resume_is_bitwise(tmp_path):
+    """A real SIGKILL mid-run (DiScoFormer with warm-started adaptation, random batches)."""
+    import signal
+    import subprocess
+    import sys
+
+    discoformer = pytest.importorskip("particlescore.discoformer")
+    path = tmp_path / "cut.nc"
+    proc = subprocess.run([sys.executable, "-c", KILLED_RUN.replace("{stop}", "5"), str(path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert list(open_trajectory(path)["step"].values) == [0, 1, 2, 3, 4]
+    problem = AnisotropicMaxwell(2, random_batch_size=8)
+    make = lambda: discoformer.DiScoFormer.pretrained(2, adapt_steps=1, warm_start=True, refit_every=2)
+    kwargs = dict(n=32, dt=0.05, t_end=0.4, seed=5, progress=False)
+    resumed = simulate(problem, make(), out=path, resume=True, **kwargs)
+    full = simulate(problem, make(), out=tmp_path / "full.nc", **kwargs)
+    assert list(resumed.steps) == list(range(9))
+    np.testing.assert_array_equal(resumed.states, full.states)
+    np.testing.assert_array_equal(open_trajectory(path)["score"].values, open_trajectory(tmp_path / "full.nc")["score"].values)
