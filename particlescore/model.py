@@ -186,7 +186,7 @@ class DiScoFormerNet(nn.Module):
         # log n / 10: O(1) for n = 10…10⁵, like the other inputs
         log_n = torch.tensor([math.log(k) / 10 for k in counts], dtype=torch.float64, device=qry_w.device)
         log_n = log_n.to(qry_w.dtype)[:, None, None].expand(B, qry_w.shape[1], 1)  # (B, m, 1)
-        feats = torch.cat([qry_w, (qry_w * qry_w).sum(-1, keepdim=True) / d, log_n, cand.descriptors], -1)
+        feats = torch.cat([qry_w, (qry_w * qry_w).sum(-1, keepdim=True) / d, log_n, cand.descriptors], -1)  # (B, m, d+2+K·3)
         tokens = self.embed_qry(feats)                                       # (B, m, W)
         for block, source in zip(self.qry_blocks, layers):
             tokens = block(tokens, source, mask)                             # (B, m, W)
