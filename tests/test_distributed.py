@@ -110,3 +110,17 @@ def test_two_gloo_ranks_shard_the_coulomb_pair_sums(tmp_path):
     v2, _, _ = _states(tmp_path / "two.nc")
     assert v1.shape == v2.shape == (3, 45, 3)
     assert np.abs(v2 - v1).max() <= TOL and np.abs(v2[-1] - v2[0]).max() > 1e-4
+
+
+def test_two_gloo_ranks_with_the_warm_started_discoformer(tmp_path):
+    """Stateful estimator: every rank fits the same warm-started mixture on the full context and
+    answers its own queries; the trajectory equals the 1-process one."""
+    config = MAXWELL.replace('name = "kde"', 'name = "discoformer"\nwarm_start = true').replace(
+        "n = 61", "n = 40").replace("t_end = 0.2", "t_end = 0.1")
+    (tmp_path / "case.toml").write_text(config)
+    _run(["case.toml", "--out", "one.nc"], tmp_path)
+    _run(["case.toml", "--out", "two.nc"], tmp_path, nproc=2)
+    v1, s1, _ = _states(tmp_path / "one.nc")
+    v2, s2, _ = _states(tmp_path / "two.nc")
+    assert v1.shape == (3, 40, 3)
+    assert np.abs(v2 - v1).max() <= TOL and np.abs(s2 - s1).max() <= TOL
