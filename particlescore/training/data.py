@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from particlescore._validation import seeded_generator
 from particlescore.distributions import random_gmm
 
 
@@ -22,7 +23,10 @@ class Batch:
 
 
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + rank * 7_919 + step)
+    """The generator of one rank's batch at ``step``: :func:`particlescore._validation.seeded_generator`
+    ``(seed, rank, step)``, the package's one seeding rule (the solver's per-step draws use it too).
+    Weights trained before this change drew from ``manual_seed(seed·1000003 + rank·7919 + step)``."""
+    return seeded_generator(seed, rank, step)
 
 
 def context_size(step: int, seed: int, n_min: int, n_max: int) -> int:
