@@ -105,6 +105,60 @@ def slope(ns, values, min_n=2 ** 12):
     return float(np.polyfit(a[:, 0], a[:, 1], 1)[0])
 
 
+def write_report(rows: list[dict], notes: list[str], args, command: str, seconds: float) -> str:
+    """Write ``solver_scale.{md,csv,png}`` for ``rows`` (the workers' results) into ``args.out_dir``."""
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    with open(args.out_dir / "solver_scale.csv", "w") as fh:
+        fh.write("problem,method,n,step_s,peak_mib,err_t0,err_end\n")
+        for r in rows:
+            fh.write(f"{r['problem']},{r['method']},{r['n']},{r['step_s']:.6g},{r['peak_mib']:.1f},"
+                     f"{r['err_t0']:.6g},{r['err_end']:.6g}\n")
+    lines = ["# Solver scale: per-step wall time, peak memory, score error vs n", "",
+             f"`{command}` "
+             f"(single thread per process, {args.steps} timed steps after one untimed step, dt = {DT}; "
+             f"DiScoFormer warm-started, max_context = {args.max_context}; total {seconds:.0f} s; load average {' / '.join(f'{v:.1f}' for v in os.getloadavg())} at the end, on 2 cores shared with other jobs).",
+             "Peak = the worker process's peak RSS (Python + torch + everything). err(t0): first call, exact "
+             "initial law (SBTM is fitted to the exact initial score before it, so its err(t0) is not an "
+             "estimate); err(end): BKW after the timed steps (warm).", ""]
+    for pkey in args.problems:
+        label, dim, integ = PROBLEMS[pkey]
+        lines += [f"## {label} ({integ.capitalize()})", "",
+                  "| method | n | step s | peak MiB | score err t0 % | score err end % |", "|---|---|---|---|---|---|"]
+        for method in args.methods:
+            sel = [r for r in rows if r["problem"] == pkey and r["method"] == method]
+            for r in sel:
+                lines.append(f"| {method} | {r['n']} | {r['step_s']:.3f} | {r['peak_mib']:.0f} | "
+                             f"{100 * r['err_t0']:.3f} | {100 * r['err_end']:.3f} |")
+        lines += ["", "log–log slopes of step time vs n (n ≥ 2^12): " + ", ".join(
+            f"{m} {slope([r['n'] for r in rows if r['problem'] == pkey and r['method'] == m], [r['step_s'] for r in rows if r['problem'] == pkey and r['method'] == m]):.2f}"
+            for m in args.methods), ""]
+    if notes:
+        lines += ["## Skipped", ""] + [f"- {s}" for s in notes] + [""]
+    (args.out_dir / "solver_scale.md").write_text("\n".join(lines))
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(len(args.problems), 3, figsize=(13, 3.6 * len(args.problems)), squeeze=False)
+    for i, pkey in enumerate(args.problems):
+        for method in args.methods:
+            sel = [r for r in rows if r["problem"] == pkey and r["method"] == method]
+            if not sel:
+                continue
+            ns = [r["n"] for r in sel]
+            axes[i, 0].loglog(ns, [r["step_s"] for r in sel], "o-", label=method)
+            axes[i, 1].loglog(ns, [r["peak_mib"] for r in sel], "o-", label=method)
+            axes[i, 2].loglog(ns, [100 * r["err_t0"] for r in sel], "o-", label=method)
+        for j, ylabel in enumerate(["wall time per step (s)", "peak RSS (MiB)", "score error at t0 (%)"]):
+            axes[i, j].set_xlabel("n")
+            axes[i, j].set_ylabel(ylabel)
+            axes[i, j].set_title(PROBLEMS[pkey][0])
+        axes[i, 0].legend()
+    fig.tight_layout()
+    fig.savefig(args.out_dir / "solver_scale.png", dpi=110)
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--min-log2", type=int, default=9)
@@ -125,6 +179,7 @@ def main(argv=None):
     env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
     rows, notes = [], []
     t_total = time.perf_counter()
+    command = " ".join(["python benchmarks/solver_scale.py"] + (argv if argv is not None else sys.argv[1:]))
     for pkey in args.problems:
         for method in args.methods:
             last = None
@@ -149,58 +204,11 @@ def main(argv=None):
                 row = json.loads(line[0][7:])
                 rows.append(row)
                 last = row["step_s"]
+                write_report(rows, notes, args, command, time.perf_counter() - t_total)   # partial results on disk
                 print(f"{pkey:11s} {method:12s} n={n:7d} step {row['step_s']:9.3f} s  peak {row['peak_mib']:7.0f} MiB  "
                       f"err(t0) {100 * row['err_t0']:7.3f} %  err(end) {100 * row['err_end']:7.3f} %", flush=True)
 
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    with open(args.out_dir / "solver_scale.csv", "w") as fh:
-        fh.write("problem,method,n,step_s,peak_mib,err_t0,err_end\n")
-        for r in rows:
-            fh.write(f"{r['problem']},{r['method']},{r['n']},{r['step_s']:.6g},{r['peak_mib']:.1f},"
-                     f"{r['err_t0']:.6g},{r['err_end']:.6g}\n")
-    lines = ["# Solver scale: per-step wall time, peak memory, score error vs n", "",
-             f"`{' '.join(['python benchmarks/solver_scale.py'] + (argv if argv is not None else sys.argv[1:]))}` "
-             f"(single thread per process, {args.steps} timed steps after one untimed step, dt = {DT}; "
-             f"DiScoFormer warm-started, max_context = {args.max_context}; total {time.perf_counter() - t_total:.0f} s).",
-             "Peak = the worker process's peak RSS (Python + torch + everything). err(t0): first call, exact "
-             "initial law; err(end): BKW after the timed steps (warm).", ""]
-    for pkey in args.problems:
-        label, dim, integ = PROBLEMS[pkey]
-        lines += [f"## {label} ({integ.capitalize()})", "",
-                  "| method | n | step s | peak MiB | score err t0 % | score err end % |", "|---|---|---|---|---|---|"]
-        for method in args.methods:
-            sel = [r for r in rows if r["problem"] == pkey and r["method"] == method]
-            for r in sel:
-                lines.append(f"| {method} | {r['n']} | {r['step_s']:.3f} | {r['peak_mib']:.0f} | "
-                             f"{100 * r['err_t0']:.3f} | {100 * r['err_end']:.3f} |")
-        lines += ["", "log–log slopes of step time vs n (n ≥ 2^12): " + ", ".join(
-            f"{m} {slope([r['n'] for r in rows if r['problem'] == pkey and r['method'] == m], [r['step_s'] for r in rows if r['problem'] == pkey and r['method'] == m]):.2f}"
-            for m in args.methods), ""]
-    if notes:
-        lines += ["## Skipped", ""] + [f"- {s}" for s in notes] + [""]
-    (args.out_dir / "solver_scale.md").write_text("\n".join(lines))
-    print("\n".join(lines))
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(len(args.problems), 3, figsize=(13, 3.6 * len(args.problems)), squeeze=False)
-    for i, pkey in enumerate(args.problems):
-        for method in args.methods:
-            sel = [r for r in rows if r["problem"] == pkey and r["method"] == method]
-            if not sel:
-                continue
-            ns = [r["n"] for r in sel]
-            axes[i, 0].loglog(ns, [r["step_s"] for r in sel], "o-", label=method)
-            axes[i, 1].loglog(ns, [r["peak_mib"] for r in sel], "o-", label=method)
-            axes[i, 2].loglog(ns, [100 * r["err_t0"] for r in sel], "o-", label=method)
-        for j, ylabel in enumerate(["wall time per step (s)", "peak RSS (MiB)", "score error at t0 (%)"]):
-            axes[i, j].set_xlabel("n")
-            axes[i, j].set_ylabel(ylabel)
-            axes[i, j].set_title(PROBLEMS[pkey][0])
-        axes[i, 0].legend()
-    fig.tight_layout()
-    fig.savefig(args.out_dir / "solver_scale.png", dpi=110)
+    print(write_report(rows, notes, args, command, time.perf_counter() - t_total))
     return 0
 
 
