@@ -292,4 +292,5 @@ def test_kill_9_then_resume_is_bitwise(tmp_path):
     full = simulate(problem, make(), out=tmp_path / "full.nc", **kwargs)
     assert list(resumed.steps) == list(range(9))
     np.testing.assert_array_equal(resumed.states, full.states)
-    np.testing.assert_array_equal(open_trajectory(path)["score"].values, open_trajectory(tmp_path / "full.nc")["score"].values)
+    np.testing.assert_array_equal(open_trajectory(path)["score"].values,
+                                  open_trajectory(tmp_path / "full.nc")["score"].values)
