@@ -121,10 +121,9 @@ def test_each_cell_relaxes_like_the_homogeneous_solver_and_the_exact_covariance(
         np.testing.assert_allclose(x[cell == c], homogeneous[c], rtol=0, atol=1e-11)
         sigma_inf = np.trace(cov0[c]) / d * np.eye(d)
         exact = sigma_inf - (sigma_inf - cov0[c]) * math.exp(-4 * d * B * t)
-        # homogeneous accuracy at n = 300 with Scott KDE: the smoothing H = h²Σ̂ (h² = n^(-1/3)
-        # = 0.15) scales the score by ~1/(1 + h²), slowing the relaxation: ≈ 10 % of the
-        # relaxed part |Σ∞ − Σ̂(0)| at t = 4 (measured 8–11 % here; Euler's O(dt) adds ~1 %)
-        err = np.abs(cov[c] - exact).max()
+        # homogeneous accuracy at n = 300 with Scott KDE: the in-sample score (each particle's
+        # own kernel included) is shrunk, which slows the relaxation rate by ~25 %; at t = 4
+        # that is 8–11 % of |Σ∞ − Σ̂(0)| (measured), Euler's O(dt) adds ~1 %: bar 15 %
         assert err < 0.15 * np.abs(sigma_inf - cov0[c]).max(), (c, err)
         assert np.abs(cov[c] - cov0[c]).max() > 0.5 * np.abs(exact - cov0[c]).max()
 
