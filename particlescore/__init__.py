@@ -1,7 +1,7 @@
 """particlescore: score-based particle simulations of kinetic equations.
 
-Score estimators (DiScoFormer, KDE, Blob, Exact, SBTM), the problems of the design reference
-with their exact solutions, the particle solver and its netCDF trajectory files.
+Score estimators (DiScoFormer, KDE, Blob, Exact, SBTM), test problems with exact solutions
+(docs/equations.md), the particle solver and its netCDF trajectory files.
 """
 from ._version import __version__
 from . import runtime  # first: sets up the numba cache before any kernel is defined
@@ -9,6 +9,8 @@ from . import distributions, problems
 from .discoformer import DiScoFormer
 from .estimators import KDE, Blob, Exact, ScoreEstimator, oracle_bandwidth
 from .metrics import log_density_mse, relative_score_mse
+from . import registry
+from .plotting import describe_trajectory, plot_trajectory
 from .physics import FokkerPlanck, Landau
 from .problems import (AnisotropicMaxwell, BKWProblem, CoulombRelaxation, MovingTrap, OrnsteinUhlenbeck,
                        Problem, PureDiffusion, problem_from_config)
@@ -25,4 +27,5 @@ __all__ = [
     "Problem", "BKWProblem", "AnisotropicMaxwell", "CoulombRelaxation", "OrnsteinUhlenbeck", "PureDiffusion",
     "MovingTrap", "problem_from_config",
     "simulate", "Euler", "Heun", "Solution", "SaveAt", "BlowUpError", "open_trajectory", "TrajectoryWriter",
+    "registry", "plot_trajectory", "describe_trajectory",
 ]

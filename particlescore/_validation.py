@@ -7,12 +7,16 @@ function that converts results to the caller's array type and dtype.
 """
 from __future__ import annotations
 
+import math
+import types
+import typing
 from typing import Callable
 
 import numpy as np
 import torch
 
-__all__ = ["as_particles", "as_queries", "check_min_particles", "seeded_generator"]
+__all__ = ["as_particles", "as_queries", "check_min_particles", "check_int", "check_float", "check_type",
+           "seeded_generator"]
 
 
 def _first_bad_index(x: torch.Tensor) -> tuple[int, ...]:
@@ -69,6 +73,39 @@ def as_queries(values, context: torch.Tensor) -> torch.Tensor:
             f"(queries shape {tuple(y.shape)}, context shape {tuple(context.shape)})"
         )
     return y.to(dtype=context.dtype, device=context.device)
+
+
+def check_int(name: str, value, *, minimum: int | None = None) -> int:
+    """``value`` as an int (numpy integers accepted, bools refused), at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+            or (minimum is not None and value < minimum):
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise ValueError(f"{name} must be an int{bound}, got {value!r}")
+    return int(value)
+
+
+def check_float(name: str, value, *, positive: bool = False, minimum: float | None = None) -> float:
+    """``value`` as a finite float (ints and numpy reals accepted, bools refused); ``positive``:
+    ``> 0``; ``minimum``: ``>= minimum``."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating)) \
+        and math.isfinite(value) and not (positive and value <= 0) and not (minimum is not None and value < minimum)
+    if not ok:
+        what = "a positive finite float" if positive else "a finite float" + ("" if minimum is None else f" >= {minimum}")
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return float(value)
+
+
+def check_type(value, kind, where: str):
+    """``value`` if it is of the annotated ``kind`` (int, float, bool, str or a union of them)."""
+    union = typing.get_origin(kind) in (typing.Union, types.UnionType)
+    for k in (allowed := [k for k in (typing.get_args(kind) if union else (kind,)) if k is not type(None)]):
+        if k is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if k in (int, str, bool) and isinstance(value, k) and not (k is int and isinstance(value, bool)):
+            return value
+    if not all(k in (int, float, str, bool) for k in allowed):
+        raise ValueError(f"{where} cannot be set from a configuration (type {kind})")
+    raise ValueError(f"{where}: expected {' or '.join(k.__name__ for k in allowed)}, got {type(value).__name__} ({value!r})")
 
 
 def check_min_particles(x: torch.Tensor, minimum: int, why: str) -> None:

@@ -52,6 +52,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from . import registry
 from ._validation import as_particles, check_min_particles
 from .estimators import ScoreEstimator
 from .affine import AffineFrame, EncodedContext, WhitenedModel
@@ -450,3 +451,12 @@ class DiScoFormer(ScoreEstimator):
         with torch.no_grad():
             log_f, score = self.model.predict(enc, queries.to(self._model_dtype())[None])  # (1, m), (1, m, d)
         return log_f[0].to(context.dtype), score[0].to(context.dtype)
+
+def _pretrained_for(factory, options: dict, *, problem, seed: int) -> DiScoFormer:
+    """``[estimator] name = "discoformer"``: the weights shipped for the problem's dimension
+    (checksum verified by :meth:`DiScoFormer.pretrained`) with the configured options."""
+    shipped = factory.pretrained(problem.dim)
+    return factory(shipped.net, source=shipped.source, sha256=shipped.sha256, **options)
+
+
+registry.register("estimator", "discoformer", DiScoFormer, exclude=("net", "source", "sha256"), build=_pretrained_for)

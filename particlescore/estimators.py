@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from . import kernels
+from . import kernels, registry
 from ._validation import as_particles, as_queries, check_min_particles
 from .metrics import relative_score_mse
 
@@ -137,7 +137,7 @@ class KDE(ScoreEstimator):
         self.isotropic = isotropic
 
     @property
-    def min_particles(self) -> int:  # a rule needs a covariance: at least d+1 points (checked in _evaluate)
+    def min_particles(self) -> int:  # a rule needs a covariance: at least d+1 points (checked in kernel_covariance)
         return 2 if isinstance(self.bandwidth, str) else 1
 
     def kernel_covariance(self, context: torch.Tensor) -> torch.Tensor:
@@ -294,3 +294,16 @@ class _FactorKDE(KDE):
 
     def kernel_covariance(self, context):
         return self.factor ** 2 * _sample_covariance(context)
+
+
+def _exact_for(factory, options: dict, *, problem, seed: int) -> Exact:
+    """The problem's exact solution ``t -> f(t)`` (ValueError when the problem has none)."""
+    if problem.exact_distribution(float(problem.t0)) is None:
+        raise ValueError(f"problem {problem.name!r} has no exact solution, so the 'exact' estimator "
+                         f"cannot be used; choose one of: {', '.join(n for n in registry.names('estimator') if n != 'exact')}")
+    return factory(problem.exact_distribution, **options)
+
+
+registry.register("estimator", "kde", KDE)
+registry.register("estimator", "blob", Blob)
+registry.register("estimator", "exact", Exact, exclude=("distribution",), build=_exact_for)

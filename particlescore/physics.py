@@ -1,4 +1,4 @@
-"""Right-hand sides of the particle equations: ``physics(t, x, score) -> dx/dt`` (DESIGN §4).
+"""Right-hand sides of the particle equations: ``physics(t, x, score) -> dx/dt`` (docs/equations.md).
 
 Each physics object maps the particle states ``x`` (n, d) and their scores ``s ≈ ∇ log f(x)``
 (n, d) at time ``t`` to the particle velocities ``dx/dt`` (n, d). numpy in -> numpy out,
@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import distributed, landau_kernels
+from . import distributed, landau_kernels, registry
 
 __all__ = ["Landau", "FokkerPlanck", "landau_torch_reference", "landau_velocity_torch",
            "landau_velocity_torch_random_batch"]
@@ -54,7 +54,7 @@ def _numpy64(t: torch.Tensor) -> np.ndarray:
 
 
 class Landau:
-    """Homogeneous Landau equation, particle form (DESIGN §4):
+    """Homogeneous Landau equation, particle form (Carrillo, Hu, Wang & Wu, J. Comput. Phys. X 2020):
 
     ``dv_i/dt = −(B/n) Σ_j |z|^γ (|z|² I − z zᵀ)(s_i − s_j)``, ``z = v_i − v_j``.
 
@@ -174,7 +174,7 @@ class Landau:
 
 class FokkerPlanck:
     """Fokker–Planck equation ``∂f/∂t = −∇·(b f) + D Δf``, probability-flow particle form
-    (Boffi & Vanden-Eijnden 2023, DESIGN §4): ``dx_i/dt = b(x_i, t) − D s_i``.
+    (Boffi & Vanden-Eijnden 2023): ``dx_i/dt = b(x_i, t) − D s_i``.
 
     ``drift(t, x) -> b`` takes and returns torch float64 (n, d) (it may use the whole ensemble,
     e.g. a mean-field term); ``diffusion = D ≥ 0``.
@@ -259,7 +259,7 @@ def _pair_terms(z: torch.Tensor, u: torch.Tensor, gamma: float, delta: float) ->
 
 def landau_velocity_torch(v: torch.Tensor, s: torch.Tensor, gamma: float, B: float, delta: float,
                           rows: tuple[int, int] | None = None) -> torch.Tensor:
-    """The Landau particle velocity in torch, on ``v``'s device (DESIGN §4):
+    """The Landau particle velocity in torch, on ``v``'s device (docs/equations.md):
 
     ``out_i = −(B/n) Σ_j (|z|² + δ²)^{γ/2} (|z|² (s_i−s_j) − z (z·(s_i−s_j)))``, ``z = v_i − v_j``,
 
@@ -319,3 +319,7 @@ def landau_velocity_torch_random_batch(v: torch.Tensor, s: torch.Tensor, permuta
             u = sb[:, :, None, :] - sb[:, None, :, :]                   # (c, m, m, d)
             out[idx.reshape(-1)] = scale * _pair_terms(z, u, gamma, delta).reshape(-1, d)
     return out
+
+
+registry.register("physics", "landau", Landau)
+registry.register("physics", "fokker_planck", FokkerPlanck)

@@ -1,17 +1,21 @@
-"""Test problems with known answers (DESIGN §5).
+"""Test problems with known answers (equations and sources: docs/equations.md).
 
 A :class:`Problem` bundles the physics (right-hand side), the initial particle sampler, the
 start time ``t0`` and whatever exact answers are known over time (density and score, mean,
-covariance). ``problem.config()`` is plain data and ``problem_from_config(config)`` rebuilds
-the problem from it (trajectory files record it so that a run can be resumed or reproduced).
+covariance). Each problem has one name, its TOML name (``[problem] name = "bkw"``), registered
+at the bottom of this module; its constructor's keyword arguments are its TOML options.
+``problem.config()`` is plain data and ``problem_from_config(config)`` rebuilds the problem from
+it (trajectory files record it so that a run can be resumed or reproduced).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 
-from . import distributions
+from . import distributions, registry
+from ._validation import check_float, check_int
 from .distributions import BKW, Gaussian, GaussianMixture, isotropic_gaussian
 from .physics import FokkerPlanck, Landau
 
@@ -23,23 +27,10 @@ __all__ = [
 _F64 = torch.float64
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def _check_positive(name: str, value, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} finite float, got {value!r}")
-    return float(value)
-
-
 class Problem:
     """Base class. Subclasses set ``name``, ``dim``, ``state_name``, ``physics``, ``t0``."""
 
-    #: short identifier recorded in files
+    #: the problem's one name: its TOML name, recorded in files
     name: str = "problem"
     #: "velocity" (Landau) or "position" (Fokker–Planck): the state variable's name in files
     state_name: str = "position"
@@ -53,7 +44,7 @@ class Problem:
 
     def initial_state(self, n: int, *, generator: torch.Generator) -> torch.Tensor:
         """``n`` i.i.d. initial particles, torch float64 (n, d), drawn from ``generator``."""
-        _check_int("n", n, 1)
+        check_int("n", n, minimum=1)
         if not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         return self.initial_distribution().sample(n, generator=generator).to(_F64)
@@ -98,8 +89,8 @@ class BKWProblem(Problem):
     state_name = "velocity"
 
     def __init__(self, dim: int, B: float = 1.0 / 24.0, random_batch_size: int | None = None):
-        self.dim = _check_int("dim", dim, 2)
-        self.B = _check_positive("B", B)
+        self.dim = check_int("dim", dim, minimum=2)
+        self.B = check_float("B", B, positive=True)
         self.t0 = BKW.start_time(dim, self.B)
         self.physics = Landau(gamma=0.0, B=self.B, random_batch_size=random_batch_size)
 
@@ -114,12 +105,13 @@ class BKWProblem(Problem):
         return 1.0 / (2.0 * self.B * (self.dim - 1))
 
     def config(self):
-        return {"problem": "BKWProblem", "dim": self.dim, "B": self.B,
+        return {"problem": self.name, "dim": self.dim, "B": self.B,
                 "random_batch_size": self.physics.random_batch_size}
 
 
 def anisotropic_initial_covariance(dim: int) -> torch.Tensor:
-    """``Σ0 = diag(1.8, 0.2, 1, …, 1)`` (DESIGN §5); ``tr Σ0 / d = 1``."""
+    """``Σ0 = diag(1.8, 0.2, 1, …, 1)``, the anisotropic start of the DiScoFormer paper's Landau
+    experiment (arXiv 2511.05924; docs/equations.md); ``tr Σ0 / d = 1``."""
     diag = torch.ones(dim, dtype=_F64)
     diag[0], diag[1] = 1.8, 0.2
     return torch.diag(diag)
@@ -147,18 +139,18 @@ class AnisotropicMaxwell(Problem):
     symmetric two-Gaussian mixture with the same covariance (``initial="mixture"``). The second
     moments obey the closed linear ODE ``dΣ/dt = 4B(tr Σ·I − d·Σ)`` (weak form with
     ``φ = v_k v_l`` and integration by parts), so for any initial law
-    ``Σ(t) = Σ∞ − (Σ∞ − Σ0) e^{−4dBt}``, ``Σ∞ = tr(Σ0)/d·I`` (DESIGN §5). The density is
+    ``Σ(t) = Σ∞ − (Σ∞ − Σ0) e^{−4dBt}``, ``Σ∞ = tr(Σ0)/d·I`` (docs/equations.md). The density is
     not known in closed form (a Gaussian does not stay Gaussian). ``random_batch_size``: use
     the random batch method (:class:`~particlescore.physics.Landau`).
     """
 
-    name = "anisotropic_maxwell"
+    name = "landau_maxwell_anisotropic"
     state_name = "velocity"
 
     def __init__(self, dim: int, B: float = 1.0 / 24.0, initial: str = "gaussian",
                  random_batch_size: int | None = None):
-        self.dim = _check_int("dim", dim, 2)
-        self.B = _check_positive("B", B)
+        self.dim = check_int("dim", dim, minimum=2)
+        self.B = check_float("B", B, positive=True)
         if initial not in ("gaussian", "mixture"):
             raise ValueError(f"initial must be 'gaussian' or 'mixture', got {initial!r}")
         self.initial = initial
@@ -186,7 +178,7 @@ class AnisotropicMaxwell(Problem):
         return 1.0 / (4.0 * self.dim * self.B)
 
     def config(self):
-        return {"problem": "AnisotropicMaxwell", "dim": self.dim, "B": self.B, "initial": self.initial,
+        return {"problem": self.name, "dim": self.dim, "B": self.B, "initial": self.initial,
                 "random_batch_size": self.physics.random_batch_size}
 
 
@@ -198,17 +190,17 @@ class CoulombRelaxation(Problem):
     1e-3 of the unit thermal speed).
     """
 
-    name = "coulomb_relaxation"
+    name = "landau_coulomb"
     state_name = "velocity"
 
     def __init__(self, dim: int = 3, B: float = 1.0 / 24.0, initial: str = "gaussian",
                  regularization: float = 1e-3, random_batch_size: int | None = None):
-        self.dim = _check_int("dim", dim, 2)
-        self.B = _check_positive("B", B)
+        self.dim = check_int("dim", dim, minimum=2)
+        self.B = check_float("B", B, positive=True)
         if initial not in ("gaussian", "mixture"):
             raise ValueError(f"initial must be 'gaussian' or 'mixture', got {initial!r}")
         self.initial = initial
-        self.regularization = _check_positive("regularization", regularization, allow_zero=True)
+        self.regularization = check_float("regularization", regularization, minimum=0.0)
         self.t0 = 0.0
         self.physics = Landau(gamma=-3.0, B=self.B, regularization=self.regularization,
                               random_batch_size=random_batch_size)
@@ -230,7 +222,7 @@ class CoulombRelaxation(Problem):
         return 1.0 / (4.0 * self.dim * self.B)
 
     def config(self):
-        return {"problem": "CoulombRelaxation", "dim": self.dim, "B": self.B, "initial": self.initial,
+        return {"problem": self.name, "dim": self.dim, "B": self.B, "initial": self.initial,
                 "regularization": self.regularization, "random_batch_size": self.physics.random_batch_size}
 
 
@@ -252,8 +244,8 @@ class OrnsteinUhlenbeck(Problem):
     state_name = "position"
 
     def __init__(self, dim: int, t0: float = 0.5):
-        self.dim = _check_int("dim", dim, 1)
-        self.t0 = _check_positive("t0", t0)
+        self.dim = check_int("dim", dim, minimum=1)
+        self.t0 = check_float("t0", t0, positive=True)
         self.physics = FokkerPlanck(ou_drift, 1.0)
 
     def variance(self, t: float) -> float:
@@ -270,7 +262,7 @@ class OrnsteinUhlenbeck(Problem):
         return 0.5
 
     def config(self):
-        return {"problem": "OrnsteinUhlenbeck", "dim": self.dim, "t0": self.t0}
+        return {"problem": self.name, "dim": self.dim, "t0": self.t0}
 
 
 class PureDiffusion(Problem):
@@ -280,9 +272,9 @@ class PureDiffusion(Problem):
     state_name = "position"
 
     def __init__(self, dim: int, D: float = 1.0, t0: float = 0.5):
-        self.dim = _check_int("dim", dim, 1)
-        self.D = _check_positive("D", D)
-        self.t0 = _check_positive("t0", t0)
+        self.dim = check_int("dim", dim, minimum=1)
+        self.D = check_float("D", D, positive=True)
+        self.t0 = check_float("t0", t0, positive=True)
         self.physics = FokkerPlanck(zero_drift, self.D)
 
     def initial_distribution(self):
@@ -296,7 +288,7 @@ class PureDiffusion(Problem):
         return self.t0
 
     def config(self):
-        return {"problem": "PureDiffusion", "dim": self.dim, "D": self.D, "t0": self.t0}
+        return {"problem": self.name, "dim": self.dim, "D": self.D, "t0": self.t0}
 
 
 class _TrapDrift:
@@ -332,7 +324,9 @@ class MovingTrap(Problem):
     state_name = "position"
 
     def __init__(self, a: float = 2.0, w: float = 1.0, alpha: float = 0.5, D: float = 0.25,
-                 initial_variance: float = 0.25):
+                 initial_variance: float = 0.25, dim: int = 2):
+        if dim != 2:
+            raise ValueError(f"dim: the moving_trap problem is two-dimensional, got dim = {dim!r}")
         self.dim = 2
         self.t0 = 0.0
         self.a = float(a)
@@ -340,8 +334,8 @@ class MovingTrap(Problem):
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha < 1:
             raise ValueError(f"alpha must be a float < 1 (confining trap), got {alpha!r}")
         self.alpha = float(alpha)
-        self.D = _check_positive("D", D)
-        self.initial_variance = _check_positive("initial_variance", initial_variance)
+        self.D = check_float("D", D, positive=True)
+        self.initial_variance = check_float("initial_variance", initial_variance, positive=True)
         self.drift = _TrapDrift(self.a, self.w, self.alpha)
         self.physics = FokkerPlanck(self.drift, self.D)
 
@@ -370,23 +364,31 @@ class MovingTrap(Problem):
         return min(1.0 / (2.0 * (1.0 - self.alpha)), 1.0, 1.0 / (math.pi * self.w) if self.w else math.inf)
 
     def config(self):
-        return {"problem": "MovingTrap", "a": self.a, "w": self.w, "alpha": self.alpha, "D": self.D,
+        return {"problem": self.name, "a": self.a, "w": self.w, "alpha": self.alpha, "D": self.D,
                 "initial_variance": self.initial_variance}
 
 
-_PROBLEMS = (BKWProblem, AnisotropicMaxwell, CoulombRelaxation, OrnsteinUhlenbeck, PureDiffusion, MovingTrap)
-
-
 def problem_from_config(config: dict) -> Problem:
-    """Rebuild a problem from ``problem.config()`` (``{"problem": class name, **arguments}``)."""
+    """Rebuild a problem from ``problem.config()`` (``{"problem": name, **options}``).
+
+    Files written before problems had one name record the class name (``"BKWProblem"``),
+    which is accepted too.
+    """
     if not isinstance(config, dict) or "problem" not in config:
         raise ValueError(f"config must be a dict with a 'problem' key, got {config!r}")
-    args = dict(config)
-    name = args.pop("problem")
-    for cls in _PROBLEMS:
-        if cls.__name__ == name:
-            try:
-                return cls(**args)
-            except TypeError as err:
-                raise ValueError(f"bad arguments for problem {name!r}: {err}") from err
-    raise ValueError(f"unknown problem {name!r}; known: {[cls.__name__ for cls in _PROBLEMS]}")
+    options = dict(config)
+    name = options.pop("problem")
+    by_class = {entry.factory.__name__: entry.name for entry in registry.entries("problem")}
+    entry = registry.resolve("problem", by_class.get(name, name))
+    unknown = set(options) - {field.name for field in dataclasses.fields(entry.options)}
+    if unknown:
+        raise ValueError(f"bad arguments for problem {entry.name!r}: unknown {sorted(unknown)}")
+    return entry.create(options)
+
+
+registry.register("problem", "bkw", BKWProblem)
+registry.register("problem", "landau_maxwell_anisotropic", AnisotropicMaxwell)
+registry.register("problem", "landau_coulomb", CoulombRelaxation)
+registry.register("problem", "ornstein_uhlenbeck", OrnsteinUhlenbeck)
+registry.register("problem", "pure_diffusion", PureDiffusion)
+registry.register("problem", "moving_trap", MovingTrap)

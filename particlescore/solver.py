@@ -30,7 +30,7 @@ from typing import Callable, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from . import distributed, runtime
+from . import distributed, registry, runtime
 from ._validation import seeded_generator
 from ._version import __version__
 from .diagnostics import DEFAULT_DIAGNOSTICS, Snapshot
@@ -458,3 +458,7 @@ def simulate(problem, estimator, *, n: int, dt: float, t_end: float, save_every:
             x, clock.steps = x_next, clock.steps + 1
             shown.advance()
     return memory.solution(n=run.n, dim=run.dim, path=out, config=run.resolved)
+
+
+registry.register("integrator", "euler", Euler)
+registry.register("integrator", "heun", Heun)

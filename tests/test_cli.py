@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from particlescore import config as cfgmod
-from particlescore.cli import main
+from particlescore import pic
+from particlescore.cli import apply_overrides, main
 from particlescore.trajectory import open_trajectory
 
-SIMULATIONS = sorted((Path(__file__).resolve().parents[1] / "simulations").glob("*.toml"))
+SIMULATIONS = sorted(p for p in (Path(__file__).resolve().parents[1] / "particlescore" / "simulations").glob("*.toml")
+                     if "\n[pic]" not in p.read_text())   # [pic] cases: particlescore.pic, tests/test_pic.py
 
 TINY_OU = """\
 [problem]
@@ -49,10 +51,14 @@ def _one_error_line(capsys, status, expected_status=2):
 # --------------------------------------------------------------------------- config
 @pytest.mark.parametrize("path", SIMULATIONS, ids=lambda p: p.name)
 def test_shipped_configurations_validate(path):
+    assert path.read_text().startswith("#")  # comment header says what it shows
+    if "pic" in cfgmod.read_toml(path):      # a particle-in-cell case: particlescore.pic validates it
+        pic.config_from_dict(cfgmod.read_toml(path)["pic"])
+        return
     cfg = cfgmod.load_config(path)
     problem = cfgmod.build_problem(cfg)
     assert cfg.run.t_end > problem.t0
-    assert problem.dim == cfg.problem.dim
+    assert problem.dim == cfg.problem.options.dim
     assert path.read_text().startswith("#")  # comment header says what it shows
 
 
@@ -64,37 +70,56 @@ def test_simulation_set_is_complete():
 
 def test_default_config_and_round_trip():
     cfg = cfgmod.default_config()
-    assert (cfg.problem.name, cfg.problem.dim, cfg.estimator.name) == ("landau_maxwell_anisotropic", 3, "discoformer")
+    assert (cfg.problem.name, cfg.problem.options.dim, cfg.estimator.name) == ("landau_maxwell_anisotropic", 3, "discoformer")
+    assert cfg.estimator.options.warm_start is True       # the case sets it; the constructor default is False
     assert (cfg.run.n, cfg.run.dt, cfg.run.t_end, cfg.run.save_every) == (500, 0.02, 4.0, 5)
     assert cfgmod.config_from_dict(cfgmod.config_to_dict(cfg)) == cfg
 
 
-def test_overrides():
-    cfg = cfgmod.apply_overrides(cfgmod.default_config(), estimator="kde", n=64, dt=0.02, t_end=1.0, seed=5, dim=2)
-    assert cfg.estimator == cfgmod.EstimatorConfig(name="kde", bandwidth="scott")   # discoformer keys dropped
-    assert (cfg.run.n, cfg.run.dt, cfg.run.t_end, cfg.run.seed, cfg.problem.dim) == (64, 0.02, 1.0, 5, 2)
-    assert cfgmod.apply_overrides(cfgmod.default_config(), adapt_steps=4).estimator.adapt_steps == 4
-    with pytest.raises(ValueError, match="only to the discoformer"):
-        cfgmod.apply_overrides(cfg, adapt_steps=2)
-    with pytest.raises(ValueError, match="run.n: must be >= 2"):
-        cfgmod.apply_overrides(cfg, n=1)
+def _default_tables():
+    return cfgmod.read_toml(cfgmod.DEFAULT_CASE)
+
+
+def test_overrides_edit_the_tables_before_validation():
+    data = apply_overrides(_default_tables(), ["run.n=64", "run.dt=0.02", "run.t_end=1", "run.seed=5", "problem.dim=2"],
+                           estimator="kde")
+    cfg = cfgmod.config_from_dict(data)
+    assert (cfg.estimator.name, cfg.estimator.options.bandwidth) == ("kde", "scott")   # discoformer keys dropped
+    assert (cfg.run.n, cfg.run.dt, cfg.run.t_end, cfg.run.seed, cfg.problem.options.dim) == (64, 0.02, 1.0, 5, 2)
+    assert _default_tables()["run"]["n"] == 500                     # the parsed tables are not modified
+    cfg = cfgmod.config_from_dict(apply_overrides(_default_tables(), ["estimator.adapt_steps=4"]))
+    assert cfg.estimator.options.adapt_steps == 4
+    with pytest.raises(ValueError, match="unknown key 'adapt_steps' in .estimator. for estimator 'kde'"):
+        cfgmod.config_from_dict(apply_overrides(data, ["estimator.adapt_steps=2"]))
+    with pytest.raises(ValueError, match=r"run.n: expected int, got str \('many'\)"):
+        cfgmod.config_from_dict(apply_overrides(data, ["run.n=many"]))
+    # a value is read as TOML: numbers, booleans, quoted strings; anything else is a bare string
+    cfg = cfgmod.config_from_dict(apply_overrides(_default_tables(), [
+        "estimator.warm_start=false", "estimator.proximal=0.5", "estimator.max_drift=2", "estimator.adapt_points=64",
+        'run.device="cpu"', "run.integrator=euler"]))
+    assert (cfg.estimator.options.warm_start, cfg.estimator.options.proximal, cfg.estimator.options.max_drift,
+            cfg.estimator.options.adapt_points, cfg.run.integrator) == (False, 0.5, 2.0, 64, "euler")
 
 
 def test_build_estimators(tmp_path):
-    cfg = cfgmod.load_config(_write(tmp_path, TINY_OU))
+    tables = cfgmod.read_toml(_write(tmp_path, TINY_OU))
+    cfg = cfgmod.config_from_dict(tables)
     problem = cfgmod.build_problem(cfg)
     assert type(cfgmod.build_estimator(cfg, problem)).__name__ == "KDE"
     for name in ("blob", "exact", "sbtm"):
-        est = cfgmod.build_estimator(cfgmod.apply_overrides(cfg, estimator=name), problem)
+        est = cfgmod.build_estimator(cfgmod.config_from_dict(apply_overrides(tables, estimator=name)), problem)
         assert type(est).__name__.lower() == name
-    assert cfgmod.build_estimator(cfgmod.apply_overrides(cfg, estimator="sbtm"), problem).initial_score is not None
+    sbtm_cfg = cfgmod.config_from_dict(apply_overrides(tables, estimator="sbtm"))
+    sbtm = cfgmod.build_estimator(sbtm_cfg, problem)
+    assert sbtm.initial_score is not None and sbtm.seed == cfg.run.seed == 1      # the run supplies both
     implicit = cfgmod.load_config(_write(tmp_path, TINY_OU.replace('name = "kde"\nbandwidth = "scott"',
                                                                   'name = "sbtm"\nloss = "implicit"\nhutchinson_probes = 3')))
     sbtm = cfgmod.build_estimator(implicit, problem)
     assert (sbtm.loss, sbtm.hutchinson_probes) == ("implicit", 3)
-    from particlescore.sbtm import LOSSES
-    assert cfgmod.SBTM_LOSSES == LOSSES
-    maxwell = cfgmod.apply_overrides(cfgmod.default_config(), estimator="exact")
+    bad_loss = cfgmod.config_from_dict(apply_overrides(tables, ["estimator.loss=score"], estimator="sbtm"))
+    with pytest.raises(ValueError, match=r"\[estimator\] sbtm: loss must be one of 'denoising', 'implicit'"):
+        cfgmod.build_estimator(bad_loss, problem)               # the value is checked once, by SBTM itself
+    maxwell = cfgmod.config_from_dict(apply_overrides(_default_tables(), estimator="exact"))
     with pytest.raises(ValueError, match="has no exact solution"):
         cfgmod.build_estimator(maxwell, cfgmod.build_problem(maxwell))
 
@@ -102,14 +127,15 @@ def test_build_estimators(tmp_path):
 # --------------------------------------------------------------------------- one-line errors
 BAD_CONFIGS = {
     "unknown key": (TINY_OU.replace("seed = 1", "sed = 1"),
-                    ["unknown key 'sed'", "allowed keys: n, dt, t_end, save_every, seed, integrator"]),
-    "unknown section": (TINY_OU + "[output]\npath = 'x'\n", ["unknown key 'output'", "problem, estimator, run"]),
+                    ["unknown key 'sed'", "allowed keys: n, dt, t_end, save_every, seed, device, threads, integrator"]),
+    "unknown section": (TINY_OU + "[outputs]\npath = 'x'\n", ["unknown key 'outputs'", "problem, estimator, run, output"]),
+    "unknown output key": (TINY_OU + "[output]\npath = 'x'\n", ["unknown key 'path' in [output]", "compress, precision"]),
     "key of another estimator": (TINY_OU.replace('bandwidth = "scott"', "adapt_steps = 2"),
-                                 ["unknown key 'adapt_steps'", "for estimator 'kde'", "bandwidth"]),
+                                 ["unknown key 'adapt_steps'", "for estimator 'kde'", "bandwidth, isotropic"]),
     "wrong type": (TINY_OU.replace("n = 40", 'n = "40"'), ["run.n: expected int, got str ('40')"]),
     "wrong float type": (TINY_OU.replace("dt = 0.05", "dt = true"), ["run.dt: expected float, got bool"]),
     "unknown estimator": (TINY_OU.replace('name = "kde"', 'name = "kdee"'),
-                          ["unknown estimator.name 'kdee'", "discoformer, kde, blob, exact, sbtm"]),
+                          ["unknown estimator.name 'kdee'", "kde, blob, exact, discoformer, sbtm"]),
     "unknown problem": (TINY_OU.replace("ornstein_uhlenbeck", "heat"),
                         ["unknown problem.name 'heat'", "bkw, landau_maxwell_anisotropic"]),
     "bad TOML": ("[run\nn = 1", ["not valid TOML"]),
@@ -128,11 +154,13 @@ def test_config_errors_are_one_line(case, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["--estimator", "foo"], "invalid choice: 'foo'"),
-    (["--n", "many"], "invalid int value"),
-    (["--adapt-steps", "3"], "only to the discoformer"),
+    (["--estimator", "foo"], "unknown estimator.name 'foo'"),
+    (["--n", "many"], "run.n: expected int, got str ('many')"),
+    (["--adapt-steps", "3"], "unknown key 'adapt_steps' in [estimator] for estimator 'kde'"),
+    (["--set", "estimator.bandwidth=-1"], "bandwidth must be a positive finite float"),
+    (["--set", "estimator"], "--set expects section.key=value"),
     (["--estimator", "exact", "--dim", "3", "--t-end", "0.2"], "start time"),
-    (["--resume", "--overwrite"], "exclude each other"),
+    (["--resume", "--overwrite"], "not allowed with argument"),
 ])
 def test_command_line_errors_are_one_line(argv, fragment, tmp_path, capsys):
     status = main(["run", _write(tmp_path, TINY_OU), "--out", str(tmp_path / "o.nc")] + argv)
