@@ -80,7 +80,7 @@ def main() -> None:
     ms = lambda wall, k: 1e3 * wall / k  # noqa: E731
     lines = [
         f"default case (n = {n}, {steps} Heun steps), {cores} available cores, OMP_NUM_THREADS = "
-        f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, load average before {os.getloadavg()[0]:.1f}; "
+        f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, 1-min load average at the end {os.getloadavg()[0]:.1f}; "
         f"{args.rounds} alternating rounds CLI, API (median)",
         f"{'run':40s} {'threads':>7s} {'wall s':>8s} {'ms/step':>8s} {'/ CLI':>6s}",
         f"{'particlescore run (CLI, default threads)':40s} {default:7d} {cli:8.1f} {ms(cli, steps):8.1f} {1.0:6.2f}"
