@@ -9,9 +9,12 @@ steps) in alternating rounds, back to back:
 then once, on a shorter horizon, ``ps.simulate(..., threads=N)`` with N = every available core
 (torch's own default, i.e. what ``ps.simulate`` ran with before it chose its threads). Prints the
 simulation wall times (the CLI's own "wall time" line, which like the others excludes
-interpreter start-up), the medians over rounds, ms per step, and the ratios to the CLI. Usage::
+interpreter start-up), the medians over rounds, ms per step, and the ratios to the CLI.
+``--per-call-only``: DiScoFormer calls at n = 500 and 2048 with 1 thread vs every core (the
+measurement behind ``particlescore.runtime.PARALLEL_MIN_PARTICLES``). Usage::
 
     python benchmarks/threads.py [--t-end 4.0] [--rounds 2] [--out benchmarks/results/threads.txt]
+    python benchmarks/threads.py --per-call-only --out benchmarks/results/threads_per_call.txt
 """
 from __future__ import annotations
 
@@ -53,6 +56,29 @@ def run_api(out: str, t_end: float, threads=None) -> float:
     return time.perf_counter() - tic
 
 
+def per_call_table(sizes=(500, 2048), reps: int = 5) -> str:
+    """Warm-started DiScoFormer calls (d = 3) with 1 thread vs every core, by n: where the
+    default's PARALLEL_MIN_PARTICLES comes from (mean of ``reps`` calls after one untimed call)."""
+    import torch
+
+    cores = runtime.available_cores()
+    lines = [f"DiScoFormer call (d = 3, warm start), ms per call; 1-min load average {os.getloadavg()[0]:.1f}",
+             f"{'n':>6s} {'1 thread':>9s} {f'{cores} threads':>10s} {'ratio':>6s}"]
+    for n in sizes:
+        x = torch.randn(n, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        est = ps.DiScoFormer.pretrained(dim=3, warm_start=True)
+        times = []
+        for threads in (1, cores):
+            with runtime.thread_limit(threads):
+                est(x)
+                tic = time.perf_counter()
+                for _ in range(reps):
+                    est(x)
+                times.append(1e3 * (time.perf_counter() - tic) / reps)
+        lines.append(f"{n:6d} {times[0]:9.1f} {times[1]:10.1f} {times[1] / times[0]:6.2f}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--t-end", type=float, default=cfgmod.default_config().run.t_end)
@@ -60,7 +86,15 @@ def main() -> None:
     parser.add_argument("--t-end-all-cores", type=float, default=1.0,
                         help="t_end of the (slow on a busy machine) all-cores run")
     parser.add_argument("--out", default=None, help="also write the table to this file")
+    parser.add_argument("--per-call-only", action="store_true", help="only the per-call 1-vs-all-cores table")
     args = parser.parse_args()
+    if args.per_call_only:
+        text = per_call_table()
+        print(text)
+        if args.out:
+            with open(args.out, "w") as fh:
+                fh.write(text + "\n")
+        return
     cores = runtime.available_cores()
     cfg = cfgmod.default_config()
     n, t0 = cfg.run.n, cfgmod.build_problem(cfg).t0

@@ -33,8 +33,12 @@ __all__ = ["PARALLEL_MIN_PARTICLES", "DEVICES", "available_cores", "default_thre
            "thread_limit", "current_threads", "resolve_device", "move_estimator", "configure_numba_cache",
            "numba_cache_dir"]
 
-#: From this many particles on, the default uses every available core (measured: at n = 500 one
-#: thread is as fast as two even on an idle 2-core machine; at n = 2048 two are 1.7× faster).
+#: From this many particles on, the default uses every available core. Measured with
+#: ``benchmarks/threads.py --per-call-only`` (warm-started DiScoFormer calls, d = 3, 2 cores):
+#: with the machine idle (load 0.8) one thread was as fast as two at n = 500 and two were 1.7×
+#: faster at n = 2048; with the machine busy (load 9.8) two threads were 5.7× (n = 500) and 10.8×
+#: (n = 2048) slower. Small runs gain nothing from threads, so they never risk the slowdown;
+#: large runs take the gain a free machine offers (set ``threads=1`` on a shared one).
 PARALLEL_MIN_PARTICLES = 2048
 
 #: Device types a run accepts.
