@@ -94,6 +94,36 @@ def test_cli_rejects_a_bad_device(tmp_path, capsys):
     assert status == 2 and len(err) == 1 and "device" in err[0], err
 
 
+def test_estimators_without_a_device_path_are_refused_for_cuda():
+    cuda = torch.device("cuda")                       # move_estimator itself needs no GPU to refuse
+    for est in (ps.Blob(), ps.SBTM()):
+        with pytest.raises(ValueError, match="runs on the CPU only"):
+            runtime.move_estimator(est, cuda)
+    runtime.move_estimator(ps.KDE(), cuda)            # stateless torch: follows its input's device
+    runtime.move_estimator(ps.Blob(), torch.device("cpu"))
+
+
+def test_discoformer_to_moves_its_state_and_keeps_its_answers():
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    est = ps.DiScoFormer.pretrained(dim=3, warm_start=True)
+    first = est(x)[1]
+    assert est.to("cpu") is est and est._fit is not None
+    assert all(p.device.type == "cpu" for p in est.net.parameters())
+    again = ps.DiScoFormer.pretrained(dim=3, warm_start=True)
+    again(x)
+    assert torch.equal(est(x)[1], again(x)[1]) and first.shape == (64, 3)
+
+
+@needs_cuda
+def test_discoformer_on_cuda_equals_cpu():
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    cpu = ps.DiScoFormer.pretrained(dim=3)(x)[1]
+    gpu = ps.DiScoFormer.pretrained(dim=3).to("cuda")(x.cuda())[1]
+    # float32 network on two devices: different kernels and reduction orders; float32 round-off
+    # (~1e-7) grows through 4 layers and the mixture fit, 1e-3 of O(1) scores leaves a wide margin
+    assert torch.allclose(gpu.cpu(), cpu, rtol=1e-3, atol=1e-3)
+
+
 # --------------------------------------------------------------------------- torch Landau paths
 def _ensemble(n, d, seed):
     g = torch.Generator().manual_seed(seed)
