@@ -4,7 +4,7 @@
         [--estimators discoformer-0 discoformer-tta kde blob sbtm exact]
         [--out-dir benchmarks/results]
 
-Problem (DESIGN §5): ``BKWProblem(d)`` with ``B = 1/24``, started at
+Problem (docs/equations.md, BKW solution): ``BKWProblem(d)`` with ``B = 1/24``, started at
 ``t0 = log((d+2)/2)/(2B(d−1))`` from exact samples of ``f(t0)`` and run to ``t0 + duration``
 with the solver's default integrator (Heun). The exact score is known at every time, so the
 solver records the relative score error ``Σ_i‖ŝ_i − s(t, v_i)‖² / Σ_i‖s(t, v_i)‖²`` at the
@@ -28,16 +28,14 @@ import math
 import sys
 import time
 import traceback
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))   # the shared helpers next to this file
+from particlescore.problems import BKWProblem
+from particlescore.solver import simulate
 
-from landau_covariance import (LABELS, add_run_arguments, fmt, make_estimator, save_every_for,  # noqa: E402
-                               set_threads, step_time, warm_up, write_csv)
-from particlescore.problems import BKWProblem  # noqa: E402
-from particlescore.solver import simulate  # noqa: E402
+from _common import (LABELS, add_run_arguments, fmt, make_estimator, save_every_for, set_threads, step_time,
+                     warm_up, write_csv)
 
 
 def time_average(times: np.ndarray, values: np.ndarray) -> float:

@@ -1,0 +1,109 @@
+"""Helpers shared by the benchmark scripts (``landau_covariance.py``, ``bkw.py``): the estimator
+line-up, thread setting, run options, timing and table output. Scripts import it as a sibling
+module (``python benchmarks/<script>.py`` puts this folder first on ``sys.path``); everything else
+they use comes from the installed ``particlescore`` package.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import particlescore as ps
+from particlescore.sbtm import SBTM
+
+#: estimator keys accepted by ``--estimators`` and their display labels
+#: test-time adaptation steps per call for the "discoformer-tta" rows (2 calls per Heun step,
+#: warm-started, so the head keeps adapting from step to step)
+TTA_STEPS = 2
+
+LABELS = {
+    "discoformer-0": "DiScoFormer (0 TTA)",
+    "discoformer-tta": f"DiScoFormer ({TTA_STEPS} TTA, warm)",
+    "kde": "Scott KDE",
+    "blob": "Blob",
+    "sbtm": "SBTM",
+    "exact": "Exact",
+}
+
+
+def set_threads(threads: int) -> None:
+    """One knob for torch and numba (the numba kernels run ``prange`` loops)."""
+    torch.set_num_threads(threads)
+    try:
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    except Exception:  # numba missing or not configurable: torch's setting still holds
+        pass
+
+
+def make_estimator(key: str, dim: int, problem, seed: int):
+    """A fresh estimator for one run, or ``(None, reason)`` when it cannot be built.
+
+    SBTM gets the exact initial score of ``problem`` (``problem.initial_distribution().score``,
+    i.e. ``−Σ0⁻¹v`` for the Gaussian start); Exact wraps ``problem.exact_distribution``.
+    """
+    if key in ("discoformer-0", "discoformer-tta"):
+        steps = 0 if key == "discoformer-0" else TTA_STEPS
+        try:
+            return ps.DiScoFormer.pretrained(dim=dim, adapt_steps=steps, warm_start=steps > 0), None
+        except ValueError as err:
+            return None, f"skipped: {err}"
+    if key == "kde":
+        return ps.KDE("scott"), None
+    if key == "blob":
+        return ps.Blob(), None
+    if key == "sbtm":
+        initial = problem.initial_distribution()
+        return SBTM(initial_score=lambda x: initial.score(x), seed=seed), None
+    if key == "exact":
+        if problem.exact_distribution(problem.t0) is None:
+            return None, "skipped: no exact score for this problem"
+        return ps.Exact(problem.exact_distribution), None
+    raise ValueError(f"unknown estimator {key!r}; known: {sorted(LABELS)}")
+
+
+def warm_up(problem) -> None:
+    """Compile / load the numba kernels (right-hand side, blob) outside the timed runs."""
+    g = torch.Generator().manual_seed(12345)
+    x = torch.randn(16, problem.dim, generator=g, dtype=torch.float64)
+    problem.physics(problem.t0, x, -x)
+    ps.Blob()(x)
+    ps.KDE("scott")(x)
+
+
+def save_every_for(n_steps: int, points: int) -> int:
+    """Stride giving about ``points`` saved records (plus t0 and the last step)."""
+    return max(1, int(round(n_steps / max(points, 1))))
+
+
+def step_time(sol) -> float:
+    """Mean wall time per step over the run (the solver records per-interval means)."""
+    wall = sol.diagnostics["wall_time_per_step"]
+    steps = np.diff(sol.steps)
+    ok = np.isfinite(wall[1:])
+    return float(np.sum(wall[1:][ok] * steps[ok]) / max(np.sum(steps[ok]), 1)) if ok.any() else math.nan
+
+
+def fmt(value, spec=".3e") -> str:
+    return "—" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared with ``bkw.py``: particles, step, seed, saving, threads, output folder."""
+    parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--dt", type=float, default=0.01)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-points", type=int, default=40, help="about this many saved times per run")
+    parser.add_argument("--threads", type=int, default=1, help="torch/numba threads (default 1)")
+    parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
+
+
+def write_csv(path, rows, keys):
+    """One line per row (shared with ``bkw.py``): the ``keys`` columns, in that order."""
+    lines = [",".join(keys)] + [",".join(str(r[k]) for k in keys) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
