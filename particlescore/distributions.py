@@ -2,8 +2,8 @@
 
 Every distribution offers ``sample(n, generator=g)``, ``log_prob(x)`` and ``score(x)``
 (the exact gradient ``∇_x log f`` in closed form, not autograd).  They are the training
-labels of DiScoFormer (random Gaussian mixtures, DESIGN §2) and the known answers of the
-test problems (Student-t, Laplace, the BKW solution of the Landau equation, DESIGN §5).
+labels of DiScoFormer (random Gaussian mixtures, arXiv:2511.05924) and the known answers of the
+test problems (Student-t, Laplace, the BKW solution of the Landau equation, docs/equations.md).
 
 Conventions: all computations run in the dtype of the parameters (float32 or float64);
 inputs ``x`` are converted to that dtype; every random draw goes through the explicit
@@ -718,7 +718,7 @@ class Laplace(Distribution):
 class BKW(Distribution):
     """Bobylev–Krook–Wu exact solution of the homogeneous Landau equation, Maxwell molecules.
 
-    (DESIGN §5; Bobylev 1975, Krook & Wu 1977.)  With K(t) = 1 − exp(−2B(d−1)t),
+    (docs/equations.md; Bobylev 1975, Krook & Wu 1977.)  With K(t) = 1 − exp(−2B(d−1)t),
     P = ((d+2)K − d)/(2K), Q = (1−K)/(2K²):
         f(t,v) = (2πK)^{−d/2} exp(−|v|²/2K)(P + Q|v|²),
         s(t,v) = v(−1/K + 2Q/(P + Q|v|²)).

@@ -1,4 +1,4 @@
-"""Numba kernels for the homogeneous Landau particle velocity (DESIGN §4).
+"""Numba kernels for the homogeneous Landau particle velocity (docs/equations.md; Carrillo, Hu, Wang & Wu 2020).
 
 Particle form of the homogeneous Landau equation (Carrillo, Hu, Wang & Wu 2020; Ilin, Hu &
 Wang 2024), with ``z = v_i − v_j`` and ``A(z) = |z|² I − z zᵀ``:

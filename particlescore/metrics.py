@@ -1,4 +1,4 @@
-"""Accuracy metrics against exact answers (DESIGN §6)."""
+"""Accuracy metrics against exact answers (docs/equations.md, "Metrics")."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Landau kernels, physics right-hand sides and test problems (DESIGN §4, §5)."""
+"""Landau kernels, physics right-hand sides and test problems (docs/equations.md)."""
 import itertools
 import math
 

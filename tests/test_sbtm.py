@@ -1,4 +1,4 @@
-"""SBTM score estimator: denoising loss stays bounded on BKW, warm start, reset, initial fit (DESIGN §3).
+"""SBTM score estimator: denoising loss stays bounded on BKW, warm start, reset, initial fit (Boffi & Vanden-Eijnden 2023).
 
 Momentum conservation of a Landau run with SBTM is checked with the other estimators in
 tests/test_solver.py (test_landau_conserves_momentum_with_every_estimator).

@@ -1,4 +1,4 @@
-"""simulate(), integrators, trajectory output and resume, SBTM (DESIGN §3–§6, §8)."""
+"""simulate(), integrators, trajectory output and resume, SBTM (docs/equations.md, docs/trajectory.md)."""
 import json
 import math
 

@@ -1,4 +1,4 @@
-"""Trajectory files: round trip, incomplete records and resume, path checks (DESIGN §8)."""
+"""Trajectory files: round trip, incomplete records and resume, path checks (docs/trajectory.md)."""
 import os
 import shutil
 
