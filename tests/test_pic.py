@@ -163,6 +163,12 @@ def test_netcdf_layout_and_attributes(tmp_path):
     np.testing.assert_allclose(ds["field_energy"].values, result.series["field_energy"], rtol=0, atol=0)
     x = ds["position"].values[has]
     assert np.all((x >= 0) & (x < ds.attrs["domain_length"]))
+    # the figure: field energy with the theoretical line, phase space, per-cell temperature
+    from particlescore import pic_plots
+
+    assert pic_plots.theory_rate(attrs["pic_config"]) == pytest.approx(pic.dispersion_root(0.5), abs=1e-12)
+    pic_plots.plot_run(out, tmp_path / "pic.png")
+    assert (tmp_path / "pic.png").stat().st_size > 10000
 
 
 def test_kill_and_resume_reproduces_the_run(tmp_path, monkeypatch):
