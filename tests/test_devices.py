@@ -244,6 +244,13 @@ def test_api_and_cli_run_with_the_same_threads(tmp_path, monkeypatch):
     ps.simulate(problem, ps.KDE(), n=40, dt=0.05, t_end=problem.t0 + 0.1, integrator=ps.Euler(),
                 progress=False, threads=2)
     assert set(seen) == {(2, min(2, numba.config.NUMBA_NUM_THREADS))}
+    for how in (["--threads", "2"], []):                      # the CLI option, then [run] threads
+        seen.clear()
+        if not how:
+            config.write_text(TINY_LANDAU.replace("[run]\n", "[run]\nthreads = 2\n"))
+        out = tmp_path / f"cli{len(how)}.nc"
+        assert main(["run", str(config), "--out", str(out), "--no-progress"] + how) == 0
+        assert set(seen) == {(2, min(2, numba.config.NUMBA_NUM_THREADS))}
 
 
 # --------------------------------------------------------------------------- numba cache
