@@ -20,11 +20,11 @@ import time as _time
 from importlib import resources
 
 from . import config as _config
-from . import distributed, pic, registry
+from . import distributed, pic, pic_plots, registry
 from ._version import __version__
 from .plotting import describe_trajectory, plot_trajectory, summarize_run
 from .solver import simulate
-from .trajectory import check_output_path, recorded_run_config
+from .trajectory import check_output_path, open_trajectory, recorded_run_config
 
 try:
     import tomllib
@@ -188,13 +188,14 @@ def apply_overrides(data: dict, settings=(), *, estimator: str | None = None) ->
 def _tables(args) -> tuple[dict, str]:
     """The TOML tables to run and where they came from."""
     if args.config is not None:
-        if os.path.isfile(args.config) or args.config.endswith(".toml") or os.sep in args.config:
-            return _config.read_toml(args.config), f"config file {args.config!r}"
+        name = args.config[:-5] if args.config.endswith(".toml") else args.config
         cases = packaged_cases()
-        if args.config not in cases:
-            raise ValueError(f"config file not found: {args.config!r}, and no packaged case has that name; "
-                             f"packaged cases: {', '.join(cases)}")
-        return tomllib.loads((CASES / f"{args.config}.toml").read_text(encoding="utf-8")), f"case {args.config!r}"
+        if os.path.isfile(args.config) or os.sep in args.config or name not in cases:
+            if not os.path.isfile(args.config):
+                raise ValueError(f"config file not found: {args.config!r}, and no packaged case has that name; "
+                                 f"packaged cases: {', '.join(cases)}")
+            return _config.read_toml(args.config), f"config file {args.config!r}"
+        return tomllib.loads((CASES / f"{name}.toml").read_text(encoding="utf-8")), f"case {name!r}"
     if args.resume:
         recorded = recorded_run_config(args.out)
         if recorded is None:
@@ -273,7 +274,9 @@ def _cmd_plot(args) -> int:
     output = args.output or os.path.splitext(args.file)[0] + ".png"
     if os.path.isdir(output) or not os.path.isdir(os.path.dirname(os.path.abspath(output))):
         raise ValueError(f"figure path not writable: {output!r}")
-    plot_trajectory(args.file, output)
+    with open_trajectory(args.file, load=False) as ds:
+        is_pic = "electric_field" in ds.variables          # a PIC run (particlescore.pic): its own figure
+    (pic_plots.plot_run if is_pic else plot_trajectory)(args.file, output)
     print(f"wrote {output}")
     return 0
 

@@ -244,3 +244,18 @@ def test_run_info_plot_resume(tmp_path, capsys):
     assert main(["run", case, "--out", str(out), "--no-progress"]) == 2
     assert main(["run", case, "--out", str(out), "--overwrite", "--no-progress", "--estimator", "blob"]) == 0
     assert open_trajectory(out).sizes["time"] == 4
+
+
+def test_packaged_pic_case_runs_by_name_with_set_and_plots(tmp_path, capsys):
+    # the [pic] hook: `particlescore run two_stream` hands the (edited) table to particlescore.pic
+    out = tmp_path / "pic.nc"
+    status = main(["run", "two_stream", "--set", "pic.n_particles=2000", "--set", "pic.t_end=0.3",
+                   "--out", str(out)])
+    assert status == 0, capsys.readouterr().err
+    assert "PIC (case 'two_stream'): 2000 particles" in capsys.readouterr().out
+    ds = open_trajectory(out)
+    assert ds.sizes["particle"] == 2000 and ds["time"].values[-1] == pytest.approx(0.3)
+    assert main(["plot", str(out), "-o", str(tmp_path / "pic.png")]) == 0     # the PIC figure
+    assert (tmp_path / "pic.png").stat().st_size > 10_000
+    line = _one_error_line(capsys, main(["run", "two_stream", "--n", "10", "--out", str(tmp_path / "x.nc")]))
+    assert "--n do not apply to a [pic] configuration" in line and not (tmp_path / "x.nc").exists()
