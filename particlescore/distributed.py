@@ -52,7 +52,7 @@ def setup(device: torch.device) -> bool:
     if missing:
         raise ValueError(f"WORLD_SIZE > 1 but {', '.join(missing)} not set: start distributed runs with torchrun")
     if device.type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        torch.cuda.set_device(device)      # runtime.resolve_device gave this rank its LOCAL_RANK's GPU
         backend = "nccl"
     else:
         backend = "gloo"

@@ -116,7 +116,8 @@ def resolve_device(device) -> torch.device:
     """``"cpu"`` | ``"cuda"`` | ``"cuda:N"`` | ``torch.device`` -> a usable ``torch.device``.
 
     ValueError for anything else, for CUDA when torch sees no GPU, and for a GPU index beyond
-    the ones present. ``"cuda"`` means the current CUDA device.
+    the ones present. ``"cuda"`` means the current CUDA device, and under torchrun the GPU of the
+    process's ``LOCAL_RANK`` (one GPU per rank, as nccl needs).
     """
     if isinstance(device, torch.device):
         dev = device
@@ -135,7 +136,12 @@ def resolve_device(device) -> torch.device:
         raise ValueError(f"device {str(device)!r} needs a CUDA GPU, but torch {torch.__version__} sees none "
                          f"(torch.cuda.is_available() is False); use device='cpu'")
     count = torch.cuda.device_count()
-    index = torch.cuda.current_device() if dev.index is None else dev.index
+    if dev.index is not None:
+        index = dev.index
+    elif "LOCAL_RANK" in os.environ and os.environ.get("WORLD_SIZE", "1") != "1":
+        index = int(os.environ["LOCAL_RANK"]) % count     # torchrun: one GPU per local rank
+    else:
+        index = torch.cuda.current_device()
     if not 0 <= index < count:
         raise ValueError(f"device {str(device)!r}: no such GPU, torch sees {count} (cuda:0..cuda:{count - 1})")
     return torch.device("cuda", index)
