@@ -254,10 +254,11 @@ def _setup(problem, estimator, *, n, dt, t_end, save_every, seed, out, saveat, i
              "n_particles": n, "dt": dt, "t0": t0, "t_end": t_end,
              **({"save_every": saveat.every} if saveat.times is None else {"save_times": list(saveat.times)})}
     return _Run(problem, estimator, n, int(problem.dim), dt, t0, n_steps, seed, integrator, record_steps,
-                diagnostics, save_hooks, False if follower else progress, max_energy_change, device, threads, follower,
-                isinstance(estimator, TimeDependent),
-                isinstance(problem.physics, Stochastic) and bool(problem.physics.stochastic),
-                isinstance(estimator, Stateful), resolved, attrs)
+                diagnostics, save_hooks, progress=False if follower and progress is True else progress,
+                max_energy_change=max_energy_change, device=device, threads=threads, follower=follower,
+                time_dependent=isinstance(estimator, TimeDependent),
+                stochastic=isinstance(problem.physics, Stochastic) and bool(problem.physics.stochastic),
+                stateful=isinstance(estimator, Stateful), resolved=resolved, attrs=attrs)
 
 
 def _start(run: _Run, out, resume: bool) -> tuple[torch.Tensor, int, MemoryRecorder, str]:
