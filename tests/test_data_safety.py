@@ -294,3 +294,14 @@ def test_kill_9_then_resume_is_bitwise(tmp_path):
     np.testing.assert_array_equal(resumed.states, full.states)
     np.testing.assert_array_equal(open_trajectory(path)["score"].values,
                                   open_trajectory(tmp_path / "full.nc")["score"].values)
+
+
+def test_output_section_of_the_toml_reaches_the_file(tmp_path, capsys):
+    case = tmp_path / "ou.toml"
+    case.write_text('[problem]\nname = "ornstein_uhlenbeck"\ndim = 2\n[estimator]\nname = "kde"\n'
+                    '[run]\nn = 20\ndt = 0.1\nt_end = 0.7\n[output]\ncompress = true\nprecision = "float32"\n')
+    out = tmp_path / "ou.nc"
+    assert main(["run", str(case), "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    with netCDF4.Dataset(out) as raw:
+        assert raw["position"].dtype == np.float32 and raw["position"].filters()["zlib"]
