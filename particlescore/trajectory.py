@@ -344,7 +344,8 @@ class TrajectoryWriter:
         ds = _open_netcdf(path, "a")
         try:
             history = f"{ds.getncattr('history') if 'history' in ds.ncattrs() else ''}\n{_timestamp()}: " \
-                      f"resumed at step {record['step']}{note}: {command if command is not None else _default_command()}"
+                      f"resumed at step {record['step']}{note} (particlescore {__version__}): " \
+                      f"{command if command is not None else _default_command()}"
             ds.setncattr("history", history.lstrip("\n"))
             for key, value in encoded.items():
                 ds.setncattr(key, value)
