@@ -42,10 +42,10 @@ class SaveAt:
         elif isinstance(self.every, bool) or not isinstance(self.every, (int, np.integer)) or self.every < 1:
             raise ValueError(f"save_every must be an int >= 1, got {self.every!r}")
 
-    def steps(self, t0: float, dt: float, n_steps: int) -> frozenset[int]:
-        """The recorded step indices of an ``n_steps``-step run."""
+    def steps(self, t0: float, dt: float, n_steps: int):
+        """The recorded step indices of an ``n_steps``-step run (a set-like object: ``k in steps``)."""
         if self.times is None:
-            return frozenset(range(0, n_steps, self.every)) | {n_steps}
+            return _EverySteps(self.every, n_steps)
         steps = set()
         for t in self.times:
             k = round((t - t0) / dt)
@@ -57,6 +57,21 @@ class SaveAt:
 
     def describe(self) -> dict:
         return {"every": self.every} if self.times is None else {"times": list(self.times)}
+
+
+@dataclass(frozen=True)
+class _EverySteps:
+    """``{0, every, 2·every, …} ∪ {n_steps}`` without storing it (runs may take millions of steps)."""
+
+    every: int
+    n_steps: int
+
+    def __contains__(self, k) -> bool:
+        return 0 <= k <= self.n_steps and (k % self.every == 0 or k == self.n_steps)
+
+    def __iter__(self):
+        yield from range(0, self.n_steps, self.every)
+        yield self.n_steps
 
 
 # --------------------------------------------------------------------------- records

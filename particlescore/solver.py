@@ -168,7 +168,7 @@ class _Run:
     n_steps: int
     seed: int
     integrator: object
-    record_steps: frozenset
+    record_steps: object           # the saved steps (supports `k in record_steps`)
     diagnostics: tuple
     hooks: tuple
     progress: object
