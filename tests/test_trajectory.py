@@ -159,3 +159,28 @@ def test_unwritable_directory(tmp_path):
         target = locked / "run.nc"
     with pytest.raises(ValueError, match="output path not writable"):
         TrajectoryWriter.create(target, state_name="velocity", n_particles=N, dim=D, attrs={})
+
+
+def test_estimator_state_and_float32_restart_copy_round_trip(tmp_path):
+    from particlescore.trajectory import read_last_record
+
+    path = tmp_path / "f32.nc"
+    state = {"adapted.0": torch.arange(5, dtype=torch.float64) / 3, "calls": torch.tensor(7)}
+    with TrajectoryWriter.create(path, state_name="velocity", n_particles=N, dim=D, attrs={},
+                                 precision="float32", compress=True) as writer:
+        for k in range(3):
+            writer.append(estimator_state={**state, "calls": torch.tensor(k)}, **_record(k))
+    last = read_last_record(path)
+    assert last["index"] == 2 and last["step"] == 20
+    np.testing.assert_array_equal(last["state"], _record(2)["state"])        # float64 copy, bit for bit
+    assert open_trajectory(path)["velocity"].dtype == np.float32
+    assert torch.equal(last["estimator_state"]["adapted.0"], state["adapted.0"])
+    assert int(last["estimator_state"]["calls"]) == 2
+    # A record cut short after its float64 copy was written: the previous record's copy is intact.
+    with netCDF4.Dataset(path, "a") as ds:
+        ds["step"][3] = 30
+        ds["resume"]["state_float64"][3 % 2] = np.full((N, D), 9.0)
+    np.testing.assert_array_equal(read_last_record(path)["state"], _record(2)["state"])
+    # Written without an estimator state (a plain writer, or an older file): None, not an empty state.
+    _write(tmp_path / "plain.nc", 2)
+    assert read_last_record(tmp_path / "plain.nc")["estimator_state"] is None
