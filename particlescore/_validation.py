@@ -103,9 +103,9 @@ def check_type(value, kind, where: str):
             return float(value)
         if k in (int, str, bool) and isinstance(value, k) and not (k is int and isinstance(value, bool)):
             return value
-    if not all(k in (int, float, str, bool) for k in allowed):
+    if not (plain := [k for k in allowed if k in (int, float, str, bool)]):
         raise ValueError(f"{where} cannot be set from a configuration (type {kind})")
-    raise ValueError(f"{where}: expected {' or '.join(k.__name__ for k in allowed)}, got {type(value).__name__} ({value!r})")
+    raise ValueError(f"{where}: expected {' or '.join(k.__name__ for k in plain)}, got {type(value).__name__} ({value!r})")
 
 
 def check_min_particles(x: torch.Tensor, minimum: int, why: str) -> None:

@@ -2,6 +2,7 @@
 from TOML and from the command line; every constructor option is a TOML key; one name per problem."""
 import dataclasses
 import math
+import typing
 
 import numpy as np
 import pytest
@@ -157,3 +158,22 @@ def test_problem_and_physics_options_reach_the_objects():
     landau = registry.create("physics", "landau", {"gamma": -3.0})
     assert (landau.gamma, landau.B) == (-3.0, 1.0 / 24.0)
     assert isinstance(registry.create("integrator", "euler"), ps.Euler)
+
+
+def test_one_validation_module():
+    from particlescore._validation import check_float, check_int, check_type
+    assert check_int("n", np.int64(3), minimum=2) == 3 and check_float("B", 1, positive=True) == 1.0
+    for bad in (lambda: check_int("n", True), lambda: check_int("n", 1, minimum=2), lambda: check_int("n", 2.0),
+                lambda: check_float("B", 0.0, positive=True), lambda: check_float("r", -1e-9, minimum=0.0),
+                lambda: check_float("x", float("nan")), lambda: check_float("x", "1")):
+        with pytest.raises(ValueError):
+            bad()
+    assert check_type(2, float, "run.dt") == 2.0 and isinstance(check_type(2, float, "run.dt"), float)
+    assert check_type("scott", str | float, "estimator.bandwidth") == "scott"
+    assert check_type(7, int | None, "run.threads") == 7
+    with pytest.raises(ValueError, match=r"run.threads: expected int, got float \(1.5\)"):
+        check_type(1.5, int | None, "run.threads")
+    with pytest.raises(ValueError, match="expected bool, got int"):
+        check_type(1, bool, "estimator.warm_start")
+    with pytest.raises(ValueError, match="cannot be set from a configuration"):
+        check_type(1.0, typing.Callable, "physics.drift")
