@@ -20,7 +20,9 @@ small time step apart.
   ``refit_every`` calls have passed, or when the warm fit's log-likelihood gain over the sample
   Gaussian per point drops below the gain right after the last search by more than half the BIC
   penalty of one component per point, ``(d + d(d+1)/2 + 1)·log n / (2n)`` (the fit has lost
-  more than one component is worth).
+  more than one component is worth). The search stays on all n points: on a subsample of 16384
+  (BKW d = 2, n = 40000) BIC picked 5 components instead of 10 and the score error rose from
+  8.4 % to 10.4 % for a 7 % saving in time.
 - Test-time adaptation: the adapted head carries over.
 - Bounded context: a fresh seeded random subsample per call (HW-style random batches: the
   subsample's error decorrelates from step to step).
@@ -247,7 +249,9 @@ class DiScoFormer(ScoreEstimator):
         """Everything a warm start carries, as CPU tensors with stable names: ``adapted.<i>``
         (the adaptable parameters), ``calls``, and, once a warm fit exists, ``fit.<key>`` for the
         mixture (whitened units), the frame it lives in, its age and reference gain. Restoring it
-        with :meth:`load_state_dict` makes the next call bitwise equal to an uninterrupted run."""
+        with :meth:`load_state_dict` makes the next call bitwise equal to an uninterrupted run.
+        The solver stores it with every trajectory record and restores it on resume
+        (``particlescore.solver.Stateful``): any new state carried between calls belongs here."""
         state = {f"adapted.{i}": p.detach().cpu().clone().contiguous()
                  for i, p in enumerate(self.net.adaptable_parameters())}
         state["calls"] = torch.tensor(self._calls, dtype=torch.int64)
@@ -451,6 +455,7 @@ class DiScoFormer(ScoreEstimator):
         with torch.no_grad():
             log_f, score = self.model.predict(enc, queries.to(self._model_dtype())[None])  # (1, m), (1, m, d)
         return log_f[0].to(context.dtype), score[0].to(context.dtype)
+
 
 def _pretrained_for(factory, options: dict, *, problem, seed: int) -> DiScoFormer:
     """``[estimator] name = "discoformer"``: the weights shipped for the problem's dimension
