@@ -141,9 +141,12 @@ def main(argv=None) -> int:
     try:
         if args.command is None:
             parser.print_help()
-            return 0
-        return {"run": _cmd_run, "info": _cmd_info, "plot": _cmd_plot, "example": _cmd_example,
-                "options": _cmd_options}[args.command](args)
+            status = 0
+        else:
+            status = {"run": _cmd_run, "info": _cmd_info, "plot": _cmd_plot, "example": _cmd_example,
+                      "options": _cmd_options}[args.command](args)
+        sys.stdout.flush()   # a closed pipe shows here, inside the handler below, not at exit
+        return status
     except (UsageError, ValueError) as err:
         return _fail(str(err), 2)
     except BrokenPipeError:  # `particlescore info f | head`: the reader left; stop quietly, as cat does
@@ -266,7 +269,6 @@ def _cmd_run(args) -> int:
 # --------------------------------------------------------------------------- info, plot, example
 def _cmd_info(args) -> int:
     print(describe_trajectory(args.file))
-    sys.stdout.flush()   # a closed pipe shows here, inside main's handler
     return 0
 
 
