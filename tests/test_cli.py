@@ -135,7 +135,7 @@ BAD_CONFIGS = {
     "wrong type": (TINY_OU.replace("n = 40", 'n = "40"'), ["run.n: expected int, got str ('40')"]),
     "wrong float type": (TINY_OU.replace("dt = 0.05", "dt = true"), ["run.dt: expected float, got bool"]),
     "unknown estimator": (TINY_OU.replace('name = "kde"', 'name = "kdee"'),
-                          ["unknown estimator.name 'kdee'", "kde, blob, exact, discoformer, sbtm"]),
+                          ["unknown estimator.name 'kdee'; allowed: ", "kde", "blob", "exact", "discoformer", "sbtm"]),
     "unknown problem": (TINY_OU.replace("ornstein_uhlenbeck", "heat"),
                         ["unknown problem.name 'heat'", "bkw, landau_maxwell_anisotropic"]),
     "bad TOML": ("[run\nn = 1", ["not valid TOML"]),
