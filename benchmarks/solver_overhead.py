@@ -42,8 +42,10 @@ def main():
     score_fn = lambda t, y: est(y)[1]                                        # noqa: E731
     est(x)                                                                   # warm fit exists from here on
     step = best(lambda: integrator.step(problem.physics, 0.0, x, dt, score_fn), max(3, args.repeats // 4))
-    run = solver._Run(problem, est, args.n, 3, dt, 0.0, 10, 0, integrator, (), (), (), False, 1.0,
-                      torch.device("cpu"), 1, False, False, False, True, {}, {})
+    run = solver._Run(problem=problem, estimator=est, n=args.n, dim=3, dt=dt, t0=0.0, n_steps=10, seed=0,
+                      integrator=integrator, record_steps=(), diagnostics=(), hooks=(), progress=False,
+                      max_energy_change=solver.MAX_ENERGY_CHANGE, device=torch.device("cpu"), threads=1,
+                      follower=False, time_dependent=False, stochastic=False, stateful=True, resolved={}, attrs={})
     energy = solver._energy(x)
     check = best(lambda: solver._check_step(run, 1, x, energy, ps.recording.MemoryRecorder(), None), args.repeats)
     state = best(lambda: pack_state(est.state_dict()), args.repeats)
