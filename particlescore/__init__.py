@@ -18,6 +18,7 @@ from .sbtm import SBTM
 from .recording import SaveAt
 from .solver import BlowUpError, Euler, Heun, Solution, simulate
 from .trajectory import TrajectoryWriter, open_trajectory
+from . import collisions, pic  # cell-wise Landau collisions and the 1D-x PIC (issue 11)
 
 __all__ = [
     "__version__", "distributions", "problems", "runtime",
@@ -28,4 +29,5 @@ __all__ = [
     "MovingTrap", "problem_from_config",
     "simulate", "Euler", "Heun", "Solution", "SaveAt", "BlowUpError", "open_trajectory", "TrajectoryWriter",
     "registry", "plot_trajectory", "describe_trajectory",
+    "collisions", "pic",
 ]
