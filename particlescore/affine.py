@@ -48,8 +48,8 @@ class AffineFrame(NamedTuple):
         chol, info = torch.linalg.cholesky_ex(cov)                           # (B, d, d)
         if bool((info != 0).any()) or not bool(torch.isfinite(chol).all()):
             raise ValueError(f"cannot whiten the context: its sample covariance is singular or not finite in "
-                             f"{str(context.dtype).replace('torch.', '')} (points identical, on a subspace, or "
-                             f"with values too large to square); context shape {tuple(context.shape)}")
+                             f"{str(context.dtype).replace('torch.', '')} (points identical, on a subspace, or with values too "
+                             f"large or too small to square in that precision); context shape {tuple(context.shape)}")
         log_det = torch.log(chol.diagonal(dim1=-2, dim2=-1)).sum(-1)         # (B,)
         return cls(mean, chol, log_det)
 

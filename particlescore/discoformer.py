@@ -58,7 +58,7 @@ from . import registry
 from ._validation import as_particles, check_min_particles
 from .estimators import ScoreEstimator
 from .affine import AffineFrame, EncodedContext, WhitenedModel
-from .candidates import Mixture, fit_mixture, refit_mixture, reframe_mixture
+from .candidates import Mixture, _em, _log_likelihood, fit_mixture, refit_mixture, reframe_mixture
 from .model import DiScoFormerConfig, DiScoFormerNet
 
 __all__ = ["DiScoFormer", "save_weights", "load_weights", "WEIGHTS_DIR", "available_dims"]
@@ -344,13 +344,17 @@ class DiScoFormer(ScoreEstimator):
             _, _, gain = refit_mixture(ctx_w, mix, 0, c.mixture_shrink, c.mixture_ridge)
             return mix, gain, torch.zeros((), dtype=torch.int64)
 
-        fit = self._fit
-        if fit is None or int(fit["age"]) + 1 >= self.refit_every:
-            mix, gain_ref, age = search()
-        else:
+        fit, start = self._fit, None
+        if fit is not None and int(fit["age"]) + 1 < self.refit_every:
             old = AffineFrame(fit["frame_mean"].to(frame.mean), fit["frame_chol"].to(frame.chol),
                               fit["frame_log_det"].to(frame.log_det))
-            start = reframe_mixture(Mixture(fit["log_weight"], fit["mean"], fit["chol"]), *old.change_to(frame))
+            try:
+                start = reframe_mixture(Mixture(fit["log_weight"], fit["mean"], fit["chol"]), *old.change_to(frame))
+            except torch.linalg.LinAlgError:   # frames too far apart for float32 (the ensemble changed scale
+                start = None                   # by many orders): the old fit is no start; search afresh
+        if start is None:
+            mix, gain_ref, age = search()
+        else:
             mix, _, gain = refit_mixture(ctx_w, start, self.warm_iters, c.mixture_shrink, c.mixture_ridge)
             tolerance = (d + d * (d + 1) / 2 + 1) * math.log(n) / (2 * n)   # half a component's BIC penalty per point
             if bool((gain < fit["gain_ref"] - tolerance).any()):
@@ -400,7 +404,7 @@ class DiScoFormer(ScoreEstimator):
         enc = self._prepare(x)
         return float(self._consistency(enc, self._adaptation_queries(enc.ctx_w), create_graph=False).detach())
 
-    def evaluate_cells(self, contexts, counts):
+    def evaluate_cells(self, contexts, counts, *, state: dict | None = None, cells=None):
         """Log-density and score of many independent contexts in one batched call (e.g. the
         velocity ensembles of the spatial cells of a particle-in-cell run).
 
@@ -408,10 +412,24 @@ class DiScoFormer(ScoreEstimator):
 
         Cell c holds its particles in rows ``contexts[c, :counts[c]]``; the rest is padding
         (any finite values, ignored). Each cell is estimated at its own particles exactly as
-        ``self(contexts[c, :counts[c]])`` would (same whitening, bandwidths, mixture fit and
-        context size; equal to float round-off), with padded rows of the outputs set to 0.
-        numpy in -> numpy out, torch in -> torch out. Test-time adaptation is per context, so this
-        batched call requires ``adapt_steps == 0`` (it uses the current head).
+        ``self(contexts[c, :counts[c]])`` with ``warm_start=False`` would (same whitening,
+        bandwidths, mixture fit and context size; equal to float round-off), with padded rows of
+        the outputs set to 0. numpy in -> numpy out, torch in -> torch out. Test-time adaptation
+        is per context, so this batched call requires ``adapt_steps == 0`` (it uses the current
+        head). The estimator's own ``warm_start`` state is neither used nor changed.
+
+        Warm-started cells (``state``): a dict the caller keeps between calls (start with ``{}``;
+        it is updated in place and holds only tensors, so it can be saved and restored) carries
+        each cell's last mixture fit, in that cell's whitening frame, under the cell's id
+        ``cells[c]`` (non-negative ints, default ``0…C−1``). A cell with a fit is refined by
+        ``warm_iters`` EM steps from its last fit carried into the new frame, exactly as the
+        single-context warm start (module docstring, "Warm start"); the split/BIC search reruns
+        for cells without a fit, when a cell's fit has aged ``refit_every`` calls, or when its
+        log-likelihood gain fell by more than half a component's BIC penalty per point. After a
+        cell's first search its age starts at ``id mod refit_every``, so that the periodic
+        searches of many cells spread over calls instead of all landing on the same call. The
+        kernel bank and attention are unchanged (they carry no state). ``state=None``: every
+        call is a pure function of its input.
         """
         if self.adapt_steps:
             raise ValueError("evaluate_cells does not adapt the head per cell; use adapt_steps=0")
@@ -434,14 +452,127 @@ class DiScoFormer(ScoreEstimator):
         if C == 0:
             return (np.zeros((0, n_max)), np.zeros((0, n_max, d))) if is_numpy else (x[..., 0] * 0, x * 0)
         device = next(self.net.parameters()).device
+        ids = self._cell_ids(cells, C, state)
         ctx = x.to(device=device, dtype=self._model_dtype())                 # (C, n_max, d)
+        fitter = None
+        if state is not None and self.net.config.mixture_components:
+            valid = torch.arange(n_max, device=device) < torch.tensor(counts_list, device=device)[:, None]
+
+            def fitter(ctx_w, frame):
+                return self._warm_cells_fit(ctx_w, frame, valid, counts_list, state, ids)
         with torch.no_grad():
-            enc = self.model.encode(ctx, counts=counts_list)
+            enc = self.model.encode(ctx, counts=counts_list, fitter=fitter)
             log_f, score = self.model.predict(enc, ctx)                     # (C, n_max), (C, n_max, d)
         mask = mask.to(log_f.device)
         log_f = torch.where(mask, log_f, 0.0).to(device=x.device, dtype=x.dtype)             # (C, n_max)
         score = torch.where(mask[..., None], score, 0.0).to(device=x.device, dtype=x.dtype)  # (C, n_max, d)
         return (log_f.numpy(), score.numpy()) if is_numpy else (log_f, score)
+
+    _CELL_KEYS = ("log_weight", "mean", "chol", "frame_mean", "frame_chol", "frame_log_det", "age", "gain_ref")
+
+    def _cell_ids(self, cells, C: int, state) -> torch.Tensor | None:
+        """``cells`` (C,) as int64 ids (default 0…C−1), checked, and ``state`` checked; None
+        without a state."""
+        if state is None:
+            if cells is not None:
+                raise ValueError("cells names the contexts in a warm-start state; pass state as well")
+            return None
+        if not isinstance(state, dict):
+            raise ValueError(f"state must be a dict (start with {{}}), got {type(state).__name__}")
+        if state and set(state) != set(self._CELL_KEYS):
+            raise ValueError(f"not an evaluate_cells state: keys {sorted(state)}, expected {sorted(self._CELL_KEYS)}")
+        if state:
+            c = self.net.config
+            rows = state["age"].shape[0]
+            shapes = {"log_weight": (rows, c.mixture_components), "mean": (rows, c.mixture_components, self.dim),
+                      "chol": (rows, c.mixture_components, self.dim, self.dim), "frame_mean": (rows, 1, self.dim),
+                      "frame_chol": (rows, self.dim, self.dim), "frame_log_det": (rows,), "age": (rows,),
+                      "gain_ref": (rows,)}
+            wrong = [k for k, shape in shapes.items() if tuple(state[k].shape) != shape]
+            if wrong:
+                raise ValueError(f"evaluate_cells state does not fit this DiScoFormer (d = {self.dim}, "
+                                 f"{c.mixture_components} mixture components): wrong shapes of {wrong}")
+        if cells is None:
+            return torch.arange(C)
+        ids = torch.as_tensor(np.asarray(cells) if not isinstance(cells, torch.Tensor) else cells).cpu()
+        if ids.shape != (C,) or ids.is_floating_point() or ids.dtype == torch.bool or (C and int(ids.min()) < 0):
+            raise ValueError(f"cells must be {C} non-negative integer ids, got {tuple(ids.shape)} of {ids.dtype}")
+        ids = ids.to(torch.int64)
+        if len(torch.unique(ids)) != C:
+            raise ValueError("cells must name each context once (repeated ids)")
+        return ids
+
+    def _warm_cells_fit(self, ctx_w: torch.Tensor, frame: AffineFrame, valid: torch.Tensor, counts: list[int],
+                        state: dict, ids: torch.Tensor) -> Mixture:
+        """The mixtures of a padded batch of cells (B,n,d) warm-started from ``state`` (see
+        :meth:`evaluate_cells`); the rules of :meth:`_warm_fit` per cell. Updates ``state``."""
+        c = self.net.config
+        B, n, d = ctx_w.shape
+        dev, ftype = ctx_w.device, ctx_w.dtype
+        omega = valid.to(torch.float64)                                      # (B, n)
+        n_b = torch.tensor(counts, dtype=torch.float64, device=dev)          # (B,)
+        rows = state["age"].shape[0] if state else 0
+        ids_dev = ids.to(dev)
+        known = ids_dev < rows
+        age = torch.full((B,), -1, dtype=torch.int64, device=dev)
+        age[known] = state["age"].to(dev)[ids_dev[known]] if state else age[known]
+        warm = (age >= 0) & (age + 1 < self.refit_every)                      # (B,) cells refined by EM
+        new_age = torch.zeros(B, dtype=torch.int64, device=dev)
+        gain_ref = torch.zeros(B, dtype=torch.float64, device=dev)
+        mix_lw = torch.full((B, c.mixture_components), -math.inf, dtype=ftype, device=dev)
+        mix_mean = torch.zeros(B, c.mixture_components, d, dtype=ftype, device=dev)
+        mix_chol = torch.eye(d, dtype=ftype, device=dev).expand(B, c.mixture_components, d, d).clone()
+        search = ~warm
+        w = torch.nonzero(warm)[:, 0]
+        if len(w):
+            sid = ids_dev[w]
+            old = AffineFrame(state["frame_mean"].to(dev)[sid], state["frame_chol"].to(dev)[sid],
+                              state["frame_log_det"].to(dev)[sid])
+            new = AffineFrame(frame.mean[w], frame.chol[w], frame.log_det[w])
+            try:
+                start = reframe_mixture(Mixture(state["log_weight"].to(dev)[sid], state["mean"].to(dev)[sid],
+                                                state["chol"].to(dev)[sid]), *old.change_to(new))
+            except torch.linalg.LinAlgError:   # some frame moved too far for float32: search these cells
+                search[w], w = True, w[:0]
+        if len(w):
+            sid = ids_dev[w]
+            mix, gain = _refit_cells(ctx_w[w], start, self.warm_iters, c.mixture_shrink, c.mixture_ridge,
+                                     omega[w], valid[w])
+            tolerance = (d + d * (d + 1) / 2 + 1) * torch.log(n_b[w]) / (2 * n_b[w])  # half a component's BIC penalty per point
+            degraded = gain < state["gain_ref"].to(dev)[sid] - tolerance
+            keep = w[~degraded]
+            mix_lw[keep], mix_mean[keep], mix_chol[keep] = (t[~degraded] for t in mix)
+            gain_ref[keep] = state["gain_ref"].to(dev)[ids_dev[keep]]
+            new_age[keep] = age[keep] + 1
+            search[w[degraded]] = True
+        s = torch.nonzero(search)[:, 0]
+        if len(s):
+            mix = fit_mixture(ctx_w[s], c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge,
+                              valid[s])
+            _, gain = _refit_cells(ctx_w[s], mix, 0, c.mixture_shrink, c.mixture_ridge, omega[s], valid[s])
+            mix_lw[s], mix_mean[s], mix_chol[s] = mix
+            gain_ref[s] = gain
+            # first search of a cell: start its age at id mod refit_every (spreads the searches)
+            new_age[s] = torch.where(age[s] < 0, ids_dev[s] % self.refit_every, 0)
+        values = {"log_weight": mix_lw, "mean": mix_mean, "chol": mix_chol, "frame_mean": frame.mean,
+                  "frame_chol": frame.chol, "frame_log_det": frame.log_det, "age": new_age, "gain_ref": gain_ref}
+        size = max(rows, int(ids.max()) + 1)
+        for key, value in values.items():
+            table = state.get(key)
+            if table is None or table.shape[0] < size:
+                grown = (torch.full((size,) + tuple(value.shape[1:]), -1, dtype=value.dtype, device=dev)
+                         if key == "age" else torch.zeros((size,) + tuple(value.shape[1:]), dtype=value.dtype,
+                                                          device=dev))
+                if key == "chol":
+                    grown[:] = torch.eye(d, dtype=value.dtype, device=dev)
+                if table is not None:
+                    grown[:table.shape[0]] = table.to(dev)
+                table = grown
+            else:
+                table = table.to(dev).clone()
+            table[ids_dev] = value.detach().to(table.dtype)
+            state[key] = table
+        return Mixture(mix_lw, mix_mean, mix_chol)
 
     def _evaluate(self, context, queries):
         self._check(context)
@@ -455,6 +586,26 @@ class DiScoFormer(ScoreEstimator):
         with torch.no_grad():
             log_f, score = self.model.predict(enc, queries.to(self._model_dtype())[None])  # (1, m), (1, m, d)
         return log_f[0].to(context.dtype), score[0].to(context.dtype)
+
+
+@torch.no_grad()
+def _refit_cells(x: torch.Tensor, mix: Mixture, iters: int, shrink: float, ridge: float,
+                 omega: torch.Tensor, valid: torch.Tensor) -> tuple[Mixture, torch.Tensor]:
+    """:func:`~particlescore.candidates.refit_mixture` for a padded batch ``x`` (B,n,d) (padding
+    rows at 0, ``omega`` (B,n) 1 for points, 0 for padding, ``valid`` the same as bool): ``iters``
+    EM steps from ``mix`` (padding components stay padding) and the log-likelihood gain per point
+    over the sample Gaussian ``(ℓ_K − ℓ_1)/n_b`` (B,) of the result (float64)."""
+    dtype, x = mix.mean.dtype, x.double()
+    used = torch.isfinite(mix.log_weight)                                    # (B, K)
+    mix = Mixture(mix.log_weight.double(), mix.mean.double(), mix.chol.double())
+    one = fit_mixture(x, 1, 0, shrink, ridge, valid)                         # the sample Gaussian per cell
+    base = _log_likelihood(x, Mixture(one.log_weight.double(), one.mean.double(), one.chol.double()), omega)
+    if iters:
+        mix, _ = _em(x, mix, iters, shrink, ridge, omega)
+        # padding must stay padding (EM gives an empty component weight log 1e-10/n, not −inf)
+        mix = Mixture(torch.where(used, mix.log_weight, -math.inf), mix.mean, mix.chol)
+    gain = (_log_likelihood(x, mix, omega) - base) / omega.sum(-1)
+    return Mixture(mix.log_weight.to(dtype), mix.mean.to(dtype), mix.chol.to(dtype)), gain
 
 
 def _pretrained_for(factory, options: dict, *, problem, seed: int) -> DiScoFormer:
