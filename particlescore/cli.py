@@ -17,6 +17,7 @@ import os
 import sys
 import typing
 import time as _time
+import warnings
 from importlib import resources
 
 from . import config as _config
@@ -138,6 +139,8 @@ def main(argv=None) -> int:
         return _fail(str(err), 2)
     except SystemExit as exit_:  # --help / --version
         return int(exit_.code or 0)
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning   # warnings print as one line, as errors do
     try:
         if args.command is None:
             parser.print_help()
@@ -154,6 +157,13 @@ def main(argv=None) -> int:
         return 141
     except OSError as err:
         return _fail(str(err), 1)
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """``particlescore: warning: <message>`` on one line (no source file, line or code)."""
+    return f"{PROG}: warning: {' '.join(str(message).split())}\n"
 
 
 def _fail(message: str, status: int) -> int:

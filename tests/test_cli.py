@@ -259,3 +259,22 @@ def test_packaged_pic_case_runs_by_name_with_set_and_plots(tmp_path, capsys):
     assert (tmp_path / "pic.png").stat().st_size > 10_000
     line = _one_error_line(capsys, main(["run", "two_stream", "--n", "10", "--out", str(tmp_path / "x.nc")]))
     assert "--n do not apply to a [pic] configuration" in line and not (tmp_path / "x.nc").exists()
+
+
+def test_warnings_print_as_one_line(tmp_path):
+    """The up-front dt warning (issue 12.6) prints as one ``particlescore: warning:`` line, not as
+    Python's two-line ``file:line: RuntimeWarning`` plus source code; a subprocess, because pytest
+    records warnings instead of printing them."""
+    import subprocess
+    import sys
+
+    case = _write(tmp_path, TINY_OU.replace("dt = 0.05", "dt = 5.0").replace("t_end = 0.8", "t_end = 10.0"))
+    done = subprocess.run([sys.executable, "-m", "particlescore", "run", case, "--out", str(tmp_path / "o.nc"),
+                           "--no-progress"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"})
+    lines = done.stderr.strip().splitlines()
+    warning = [line for line in lines if line.startswith("particlescore: warning")]
+    assert len(warning) == 1 and warning[0].startswith("particlescore: warning: dt = 5 is 10 times the relaxation"), \
+        done.stderr
+    assert all(line.startswith("particlescore: ") for line in lines), done.stderr     # no source line, no path
+    assert "RuntimeWarning" not in done.stderr and "cli.py" not in done.stderr
