@@ -36,7 +36,9 @@ Output: a netCDF4 file written while the run goes (dims ``time``, ``particle``, 
 weights checksum as attributes). Particles are stored every ``particle_save_every`` steps
 (NaN in other records) and at the last step; a run killed at any point resumes from the last
 stored particle record and reproduces the uninterrupted run exactly (random batches are drawn
-from a generator seeded by ``(seed, step)``).
+from a generator seeded by ``(seed, step)``; the collision operator's state, e.g. its
+warm-started per-cell mixture fits, is stored with every particle record in the group
+``resume``, variable ``collision_state``, as safetensors bytes).
 """
 from __future__ import annotations
 
@@ -102,7 +104,9 @@ class InitialCondition:
 class CollisionConfig:
     """The collision operator: ``estimator`` in :data:`ESTIMATORS`, kernel ``gamma`` and ``B``,
     ``random_batch`` (0 = all pairs of a cell), ``integrator`` ("euler"|"heun"), applied every
-    ``every`` field steps with step ``every·dt``; ``bandwidth`` for KDE ("scott" or a float)."""
+    ``every`` field steps with step ``every·dt``; ``bandwidth`` for KDE ("scott" or a float);
+    ``warm_start`` (DiScoFormer only): carry each cell's mixture fit from one collision step to
+    the next (:class:`~particlescore.collisions.LandauCollisions`)."""
     estimator: str = "discoformer"
     gamma: float = 0.0
     B: float = 1.0 / 24.0
@@ -110,6 +114,7 @@ class CollisionConfig:
     integrator: str = "euler"
     every: int = 1
     bandwidth: str | float = "scott"
+    warm_start: bool = False
 
 
 @dataclass(frozen=True)
@@ -187,10 +192,16 @@ def config_from_dict(data: dict) -> PICConfig:
         rb = _int(coll, "random_batch", 0, 0, "pic.collisions")
         if rb == 1:
             raise ValueError("pic.collisions.random_batch must be 0 (all pairs) or >= 2, got 1")
+        warm = coll.get("warm_start", False)
+        if not isinstance(warm, bool):
+            raise ValueError(f"pic.collisions.warm_start must be true or false, got {warm!r}")
+        if warm and est != "discoformer":
+            raise ValueError(f"pic.collisions.warm_start needs estimator = 'discoformer' (per-cell mixture fits), "
+                             f"got {est!r}")
         collisions = CollisionConfig(est, _num(coll, "gamma", 0.0, where="pic.collisions"),
                                      _num(coll, "B", 1.0 / 24.0, nonneg=True, where="pic.collisions"), rb,
                                      integrator, _int(coll, "every", 1, 1, "pic.collisions"),
-                                     bandwidth if isinstance(bandwidth, str) else float(bandwidth))
+                                     bandwidth if isinstance(bandwidth, str) else float(bandwidth), warm)
     cfg = PICConfig(
         n_particles=_int(data, "n_particles", 20000, 2, w), n_cells=_int(data, "n_cells", 64, 4, w), dim=dim,
         wavenumber=_num(data, "wavenumber", 0.5, positive=True, where=w), modes=_int(data, "modes", 1, 1, w),
@@ -234,7 +245,7 @@ def make_collisions(cfg: CollisionConfig, dim: int, seed: int) -> LandauCollisio
     else:
         est = Blob()
     return LandauCollisions(est, gamma=cfg.gamma, B=cfg.B, random_batch=cfg.random_batch or None,
-                            integrator=cfg.integrator, seed=seed)
+                            integrator=cfg.integrator, seed=seed, warm_start=cfg.warm_start)
 
 
 # --------------------------------------------------------------------------- physics
@@ -392,18 +403,23 @@ _VARIABLES = {
 
 # --------------------------------------------------------------------------- output file
 class _PICWriter:
-    """netCDF4 writer for PIC runs, same conventions as :mod:`particlescore.trajectory`."""
+    """netCDF4 writer for PIC runs, same conventions as :mod:`particlescore.trajectory`: a new
+    file is written under a temporary name beside ``path`` and renamed to ``path`` once its
+    first record is synced (an overwrite keeps the old file until then; a run failing before
+    its first record leaves nothing behind)."""
 
-    def __init__(self, ds, path: str, index: int):
-        self.ds, self.path, self.index = ds, path, index
+    def __init__(self, ds, path: str, index: int, pending: str | None = None):
+        self.ds, self.path, self.index, self.pending = ds, path, index, pending
 
     @classmethod
     def create(cls, path: str, cfg: PICConfig, attrs: dict) -> "_PICWriter":
         import netCDF4
 
+        pending = _trajectory.new_pending(path)
         try:
-            ds = netCDF4.Dataset(path, "w", format="NETCDF4")
+            ds = netCDF4.Dataset(pending, "w", format="NETCDF4")
         except OSError as err:
+            os.remove(pending)
             raise ValueError(f"output path not writable: {path!r} ({err})") from err
         try:
             n, d, C = cfg.n_particles, cfg.dim, cfg.n_cells
@@ -429,6 +445,10 @@ class _PICWriter:
             for name, (dims, units, long_name) in _VARIABLES.items():
                 var = ds.createVariable(name, "f8", dims, fill_value=np.nan)
                 var.setncatts({"units": units, "long_name": long_name})
+            group = ds.createGroup(_trajectory.RESUME_GROUP)
+            blob = group.createVariable("collision_state", group.createVLType(np.uint8, "state_bytes"), ("time",))
+            blob.setncatts({"long_name": "collision operator state_dict() after the record's step, at particle "
+                                         "records (safetensors)"})
             encoded, json_keys = _trajectory._encode_attrs(attrs)
             ds.setncattr("Conventions", "CF-1.10")
             ds.setncattr("title", "particlescore 1D-x electrostatic PIC run")
@@ -441,25 +461,36 @@ class _PICWriter:
             ds.sync()
         except Exception:
             ds.close()
+            os.remove(pending)
             raise
-        return cls(ds, path, 0)
+        return cls(ds, path, 0, pending)
 
-    def append(self, step: int, t: float, diag: dict, x=None, v=None, wall: float = float("nan")) -> None:
+    def append(self, step: int, t: float, diag: dict, x=None, v=None, wall: float = float("nan"),
+               op_state: dict | None = None) -> None:
         ds, i = self.ds, self.index
         ds.variables["step"][i] = step
         if x is not None:
             ds.variables["position"][i] = x
             ds.variables["velocity"][i] = v
+            if op_state is not None:
+                blob = np.frombuffer(_trajectory.pack_state(op_state), dtype=np.uint8)
+                ds.groups[_trajectory.RESUME_GROUP].variables["collision_state"][i] = blob
         for name in _VARIABLES:
             ds.variables[name][i] = wall if name == "wall_time_per_step" else diag[name]
         ds.variables["time"][i] = t                 # last: a record without time is incomplete
         ds.sync()
         self.index = i + 1
+        if self.pending is not None:                # first record on disk: the file takes its name
+            _trajectory.commit_pending(self.pending, self.path)
+            self.pending = None
 
     def close(self) -> None:
         if self.ds is not None:
             self.ds.close()
             self.ds = None
+        if self.pending is not None:                # closed before its first record: leave nothing
+            os.remove(self.pending)
+            self.pending = None
 
 
 def _resume_point(path: str, cfg: PICConfig):
@@ -486,8 +517,14 @@ def _resume_point(path: str, cfg: PICConfig):
         ds.setncattr("history", f"{ds.getncattr('history')}\n{_trajectory._timestamp()}: resumed at step "
                                 f"{int(ds.variables['step'][last])}: {_trajectory._default_command()}")
         ds.sync()
+        op_state = None
+        group = ds.groups.get(_trajectory.RESUME_GROUP)
+        if group is not None and "collision_state" in group.variables:
+            blob = group.variables["collision_state"][last]
+            if blob is not None and len(blob):
+                op_state = _trajectory.unpack_state(blob)
         state = (int(ds.variables["step"][last]), np.array(ds.variables["position"][last]),
-                 np.array(ds.variables["velocity"][last]))
+                 np.array(ds.variables["velocity"][last]), op_state)
     except Exception:
         ds.close()
         raise
@@ -547,7 +584,13 @@ def _run(cfg, out, overwrite, resume, collisions, progress) -> PICResult:
     writer = None
     start = 0
     if resume:
-        writer, (start, x, v) = _resume_point(out, cfg)
+        writer, (start, x, v, op_state) = _resume_point(out, cfg)
+        if op is not None:
+            if op_state is None and getattr(op, "warm_start", False):
+                raise ValueError(f"cannot resume {out!r} exactly: it stores no collision operator state for the "
+                                 f"warm-started collisions")
+            if op_state is not None and hasattr(op, "load_state_dict"):
+                op.load_state_dict(op_state)
     else:
         x, v = initial_state(cfg)
     series: dict[str, list] = {}
@@ -571,7 +614,9 @@ def _run(cfg, out, overwrite, resume, collisions, progress) -> PICResult:
             for key, value in diag.items():
                 series.setdefault(key, []).append(np.copy(value))
             if writer is not None:
-                writer.append(step, step * dt, diag, x if with_particles else None, v if with_particles else None, wall)
+                op_state = op.state_dict() if with_particles and hasattr(op, "state_dict") else None
+                writer.append(step, step * dt, diag, x if with_particles else None, v if with_particles else None, wall,
+                              op_state)
 
         if not resume:
             record(0, float("nan"), True)

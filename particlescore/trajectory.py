@@ -19,9 +19,11 @@ Options: ``precision="float32"`` stores state, score and log-density in single p
 Data safety: :meth:`TrajectoryWriter.create` writes to a temporary file beside the target and
 renames it over the target only once the first record is synced, so a run that fails before
 its first record leaves nothing behind and an overwrite never destroys a good file for a run
-that never produced a record. Each append writes the record's ``time`` last and syncs: a record
-whose ``time`` is missing (NaN fill) was cut short and is ignored by readers and overwritten on
-resume.
+that never produced a record. A process killed (kill -9) before its first record cannot delete
+its temporary file ``.<name>.<host>-<pid>.<random>.partial``; the next writer of the same path
+on that machine removes it once that process is gone (:func:`remove_stale_pending`). Each
+append writes the record's ``time`` last and syncs: a record whose ``time`` is missing (NaN
+fill) was cut short and is ignored by readers and overwritten on resume.
 """
 from __future__ import annotations
 
@@ -123,6 +125,73 @@ def check_output_path(path, *, overwrite: bool = False, resume: bool = False) ->
     if not _probe_writable(directory):
         raise ValueError(f"output path not writable: {path!r} (cannot create files in {directory!r})")
     return path
+
+
+# --------------------------------------------------------------------------- temporary files
+def _host_tag() -> str:
+    """This machine's name as it appears in temporary file names (letters, digits and '-')."""
+    import socket
+
+    return "".join(c if c.isalnum() or c == "-" else "-" for c in socket.gethostname())[:32] or "host"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:            # e.g. PermissionError: it exists, under another user
+        return True
+    return True
+
+
+def remove_stale_pending(path) -> list[str]:
+    """Delete the temporary files ``.<name>.<host>-<pid>.*.partial`` beside ``path`` that a process
+    of this machine left when it was killed (kill -9) before its first record; returns their
+    paths. Files of running processes, and of other machines sharing the directory, are kept."""
+    directory, name = os.path.split(os.path.abspath(os.fspath(path)))
+    prefix = f".{name}.{_host_tag()}-"
+    removed = []
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return removed
+    for entry in entries:
+        pid = entry[len(prefix):].split(".", 1)[0]
+        if not (entry.startswith(prefix) and entry.endswith(".partial") and pid.isdigit()):
+            continue
+        if int(pid) == os.getpid() or _process_alive(int(pid)):
+            continue
+        try:
+            os.remove(os.path.join(directory, entry))
+            removed.append(os.path.join(directory, entry))
+        except OSError:
+            pass
+    return removed
+
+
+def new_pending(path) -> str:
+    """A new empty temporary file beside ``path`` (``.<name>.<host>-<pid>.<random>.partial``),
+    after removing those that killed processes left behind; ValueError when it cannot be made."""
+    directory, name = os.path.split(os.path.abspath(os.fspath(path)))
+    remove_stale_pending(path)
+    try:
+        handle, pending = tempfile.mkstemp(dir=directory, prefix=f".{name}.{_host_tag()}-{os.getpid()}.",
+                                           suffix=".partial")
+        os.close(handle)
+    except OSError as err:
+        raise ValueError(f"output path not writable: {path!r} ({err})") from err
+    return pending
+
+
+def commit_pending(pending: str, path: str) -> None:
+    """Sync the temporary file ``pending`` to disk and rename it to ``path`` (atomic)."""
+    descriptor = os.open(pending, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    os.replace(pending, path)
 
 
 # --------------------------------------------------------------------------- attributes
@@ -276,12 +345,11 @@ class TrajectoryWriter:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         path = check_output_path(path, overwrite=overwrite)
         encoded, json_keys = _encode_attrs(dict(attrs))
-        directory, name = os.path.split(os.path.abspath(path))
+        pending = new_pending(path)
         try:
-            handle, pending = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".partial")
-            os.close(handle)
             ds = netCDF4.Dataset(pending, "w", format="NETCDF4")
         except OSError as err:
+            os.remove(pending)
             raise ValueError(f"output path not writable: {path!r} ({err})") from err
         try:
             cls._define(ds, state_name, int(n_particles), int(dim), compress, precision)
@@ -399,12 +467,7 @@ class TrajectoryWriter:
         ds.sync()
         self._index = i + 1
         if self._pending is not None:      # first record on disk: the file takes its name now
-            descriptor = os.open(self._pending, os.O_RDONLY)
-            try:
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
-            os.replace(self._pending, self.path)
+            commit_pending(self._pending, self.path)
             self._pending = None
 
     def _diagnostic_array(self, name: str, value) -> np.ndarray:
