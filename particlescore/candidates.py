@@ -23,12 +23,13 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .distributions import _mixture_terms
 
-__all__ = ["Candidates", "Mixture", "N_DESCRIPTORS", "kernel_bank", "fit_mixture", "refit_mixture", "reframe_mixture",
+__all__ = ["Candidates", "Mixture", "N_DESCRIPTORS", "kernel_bank", "kernel_bank_torch", "fit_mixture", "refit_mixture", "reframe_mixture",
            "mixture_candidate", "evaluate_candidates"]
 
 #: Descriptors per candidate, in the order they are appended.
@@ -60,6 +61,117 @@ def kernel_bank(ctx: torch.Tensor, qry: torch.Tensor, kde_c: list[float], local_
     Returns candidate scores (B,m,K,d), candidate log-densities (B,m,K) and descriptors
     (B,m,K·N_DESCRIPTORS). The local fit's covariance is shrunk towards ``h²I`` (the flat-density
     limit, where it equals KDE) with weight ``d/(N_eff + d)``.
+
+    CPU float32/float64 tensors outside autograd run the pair sums in the fused numba kernel
+    :func:`particlescore.kernels.bank_moments` (O(n) memory per query, one pass per distinct
+    bandwidth); anything that needs gradients (test-time adaptation differentiates w.r.t. the
+    queries, twice) or lives on another device runs :func:`kernel_bank_torch`. Both compute the
+    same quantities; they agree to the rounding of the dtype (tests/test_kernels.py).
+    """
+    needs_grad = torch.is_grad_enabled() and (ctx.requires_grad or qry.requires_grad)
+    if needs_grad or ctx.device.type != "cpu" or ctx.dtype not in (torch.float32, torch.float64):
+        return kernel_bank_torch(ctx, qry, kde_c, local_c, local_ridge, counts, mask)
+    return _kernel_bank_fused(ctx, qry, kde_c, local_c, local_ridge, counts, mask)
+
+
+def _bandwidth_constants(c: float, counts: list[int], d: int, like: torch.Tensor):
+    """Per-element h (B,1), h² (B,1,1), 1/h² (B,1,1), log h² (B,1), d·log h² (B,1), ½d·log(2πh²) (B,1)."""
+    hs = [c * k ** (-1.0 / (d + 4)) for k in counts]                         # B bandwidths
+    return (_per_element(hs, like, 1), _per_element([x * x for x in hs], like, 2),
+            _per_element([1.0 / (x * x) for x in hs], like, 2), _per_element([math.log(x * x) for x in hs], like, 1),
+            _per_element([d * math.log(x * x) for x in hs], like, 1),
+            _per_element([0.5 * d * math.log(2 * math.pi * x * x) for x in hs], like, 1))
+
+
+def _local_gaussian(kde_log, shift, cov_raw, n_eff, h, h2, d_log_h2, log_h2, local_ridge, eye):
+    """Local-Gaussian score, log-density and descriptors from the kernel-weighted moments:
+    ``shift = m − y`` (B,m,d), ``cov_raw`` (B,m,d,d) the weighted covariance before shrinkage."""
+    d = shift.shape[-1]
+    shrink = (d / (n_eff + d))[..., None, None]                              # (B, m, 1, 1)
+    cov = (1 - shrink) * cov_raw + (shrink + local_ridge) * h2[..., None] * eye  # (B, m, d, d)
+    chol, _ = torch.linalg.cholesky_ex(cov)                                  # (B, m, d, d)
+    local_score = torch.cholesky_solve(shift[..., None], chol)[..., 0]       # (B, m, d) = C⁻¹(m − y)
+    log_det_cov = 2 * torch.log(chol.diagonal(dim1=-2, dim2=-1)).sum(-1)     # (B, m)
+    local_log = kde_log + 0.5 * (d_log_h2 - log_det_cov) - 0.5 * (shift * local_score).sum(-1)
+    return local_score, local_log, [torch.log(n_eff), shift.norm(dim=-1) / h, log_det_cov / d - log_h2]
+
+
+def _kernel_bank_fused(ctx, qry, kde_c, local_c, local_ridge, counts, mask):
+    """:func:`kernel_bank` with the pair sums in :func:`particlescore.kernels.bank_moments`."""
+    from . import kernels
+
+    B, n, d = ctx.shape
+    m = qry.shape[1]
+    counts = [n] * B if counts is None else counts
+    eye = torch.eye(d, dtype=ctx.dtype, device=ctx.device)
+    np_dtype = np.float32 if ctx.dtype == torch.float32 else np.float64
+    if mask is None:
+        flat = ctx.reshape(B * n, d)
+        offsets = np.arange(B + 1, dtype=np.int64) * n
+    else:
+        flat = ctx[mask]                                                     # (Σ n_b, d) valid points, by element
+        offsets = np.zeros(B + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum(mask.sum(1).cpu().numpy())
+    context_t = np.ascontiguousarray(flat.detach().numpy().T, dtype=np_dtype)  # (d, Σ n_b)
+    queries = np.ascontiguousarray(qry.detach().reshape(B * m, d).numpy(), dtype=np_dtype)
+    query_batch = np.repeat(np.arange(B, dtype=np.int64), m)
+    # distinct bandwidths, widest first; a slot whose c is exactly half the previous slot's is
+    # derived by squaring (kernels.bank_moments); the local fits need second moments
+    distinct = sorted(set(kde_c) | set(local_c), reverse=True)
+    order = []
+    for c in distinct:
+        if c in order:
+            continue
+        chain = [c]
+        while chain[-1] / 2 in distinct and chain[-1] / 2 not in order:
+            chain.append(chain[-1] / 2)
+        order += chain
+    slot = {c: i for i, c in enumerate(order)}
+    derived = np.array([i > 0 and order[i] * 2 == order[i - 1] for i in range(len(order))])
+    second = np.array([c in local_c for c in order])
+    inv_h2 = np.array([[1.0 / (c * k ** (-1.0 / (d + 4))) ** 2 for c in order] for k in counts], dtype=np_dtype)
+    tmax, s0, s2, s1, m2 = kernels.bank_moments(queries, query_batch, context_t, offsets, inv_h2, derived,
+                                                second, kernels.kernel_constants(np_dtype))
+    tmax = torch.from_numpy(tmax).view(B, m)                                 # max_j −½|x_j − y|²
+    s0 = torch.from_numpy(s0).view(B, m, -1)                                 # Σ k_j
+    s2 = torch.from_numpy(s2).view(B, m, -1)                                 # Σ k_j²
+    s1 = torch.from_numpy(s1).view(B, m, -1, d)                              # Σ k_j (x_j − y)
+    m2 = torch.from_numpy(m2).view(B, m, -1, d, d)                           # Σ k_j (x_j − y)(x_j − y)ᵀ
+    log_n = _per_element([math.log(k) for k in counts], ctx, 1)              # (B, 1)
+    scores, logdens, descs = [], [], []
+    for c, local in [(c, False) for c in kde_c] + [(c, True) for c in local_c]:
+        h, h2, inv_h2_c, log_h2, d_log_h2, log_norm = _bandwidth_constants(c, counts, d, ctx)
+        k = slot[c]
+        total = s0[..., k]                                                   # (B, m) ≥ 1
+        n_eff = total * total / s2[..., k]                                   # (B, m) Kish's effective size
+        kde_log = tmax * inv_h2_c[..., 0] + torch.log(total) - log_n - log_norm  # (B, m)
+        shift = s1[..., k, :] / total[..., None]                             # (B, m, d) = m − y
+        if not local:
+            scores.append(shift * inv_h2_c)                                  # (B, m, d) KDE score
+            logdens.append(kde_log)
+            descs += [torch.log(n_eff), shift.norm(dim=-1) / h, torch.zeros_like(n_eff)]
+            continue
+        cov = m2[..., k, :, :] / total[..., None, None] - shift[..., :, None] * shift[..., None, :]
+        local_score, local_log, desc = _local_gaussian(kde_log, shift, cov, n_eff, h, h2, d_log_h2, log_h2,
+                                                       local_ridge, eye)
+        scores.append(local_score)
+        logdens.append(local_log)
+        descs += desc
+    return torch.stack(scores, -2), torch.stack(logdens, -1), torch.stack(descs, -1)
+
+
+def kernel_bank_torch(ctx: torch.Tensor, qry: torch.Tensor, kde_c: list[float], local_c: list[float],
+                local_ridge: float, counts: list[int] | None = None, mask: torch.Tensor | None = None):
+    """KDE and local-Gaussian estimates at several bandwidths, in whitened coordinates.
+
+    ctx (B,n,d), qry (B,m,d); bandwidths ``h = c·n_b^{-1/(d+4)}`` for ``c`` in ``kde_c`` then
+    ``local_c`` (K = their total), with ``n_b`` the context size of batch element b (``counts``;
+    default n). ``mask`` (B,n) marks the valid context points of a padded batch.
+    Returns candidate scores (B,m,K,d), candidate log-densities (B,m,K) and descriptors
+    (B,m,K·N_DESCRIPTORS). The local fit's covariance is shrunk towards ``h²I`` (the flat-density
+    limit, where it equals KDE) with weight ``d/(N_eff + d)``.
+
+    Plain torch, differentiable (also twice), any device; (B, m, n) temporaries.
     """
     B, n, d = ctx.shape
     m = qry.shape[1]

@@ -119,6 +119,10 @@ class KDE(ScoreEstimator):
 
     ``log f̂(y) = logsumexp_j(−½(y−x_j)ᵀH⁻¹(y−x_j)) − log n − ½ log det(2πH)``,
     ``∇ log f̂(y) = H⁻¹(Σ_j w_j(y) x_j − y)``, ``w_j = softmax_j(−½(y−x_j)ᵀH⁻¹(y−x_j))``.
+
+    The pair sums run in :func:`particlescore.kernels.gaussian_sums` (numba, fused, in the
+    input's dtype: float32 in, float32 arithmetic) on CPU outside autograd, else in
+    :func:`gaussian_kernel_sums` (torch).
     """
 
     min_particles_reason = "to estimate the covariance for a bandwidth rule"
@@ -164,7 +168,10 @@ class KDE(ScoreEstimator):
                              f"use a float bandwidth or isotropic=True (context shape {tuple(context.shape)})") from err
         u_context = torch.linalg.solve_triangular(L, context.T, upper=False).T   # (n, d)
         u_queries = torch.linalg.solve_triangular(L, queries.T, upper=False).T   # (m, d)
-        lse, mean_u = gaussian_kernel_sums(u_queries, u_context)
+        if kernels.fused_available(u_queries, u_context):  # fused numba kernel, O(n) memory per query
+            lse, mean_u = kernels.gaussian_sums_tensor(u_queries, u_context)
+        else:  # autograd or another device: torch, chunked over queries
+            lse, mean_u = gaussian_kernel_sums(u_queries, u_context)
         log_det_2pi_h = d * math.log(2 * math.pi) + 2 * torch.log(L.diagonal()).sum()
         log_density = lse - math.log(n) - 0.5 * log_det_2pi_h                # (m,)
         score_u = mean_u - u_queries                                         # (m, d) score in u = L⁻¹y

@@ -1,7 +1,15 @@
 """Numba pair-sum kernels: O(n·m) time, O(n + m) memory (no n×m×d temporaries).
 
 Kept apart from the estimator classes so that each kernel can be benchmarked, replaced or
-moved to another backend on its own. All kernels take float64 C-contiguous arrays.
+moved to another backend on its own. :func:`mollified_sums` and :func:`blob_score_sums` take
+float64 C-contiguous arrays; :func:`gaussian_sums` and :func:`bank_moments` run in the dtype of
+their inputs (float32 or float64, C-contiguous).
+
+The Gaussian kernels evaluate ``exp`` with :func:`fast_exp`, a branch-free polynomial that LLVM
+vectorises (numba's ``math.exp`` calls libm one element at a time: ~4× slower in float32 on
+AVX2, measured in ``benchmarks/roofline.py``). Each query's sums run over contiguous per-query
+buffers of length n (context stored coordinate-major, ``(d, n)``), one reduction per pass, so
+every inner loop is a vectorised reduction.
 """
 from __future__ import annotations
 
@@ -9,8 +17,72 @@ import math
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import overload
 
-__all__ = ["mollified_sums", "blob_score_sums"]
+__all__ = ["mollified_sums", "blob_score_sums", "fast_exp", "gaussian_sums", "bank_moments", "EXP_FLOOR", "kernel_constants",
+           "fused_available", "gaussian_sums_tensor"]
+
+#: Lower clamp of the exponent in the Gaussian kernels, per dtype: ``e^floor`` is still a normal
+#: number (float32: e⁻⁸⁰ ≈ 1.8e-35; subnormal results run several times slower on x86) and
+#: negligible against the row maximum 1 that every sum contains.
+EXP_FLOOR = {np.dtype(np.float32): -80.0, np.dtype(np.float64): -700.0}
+
+# Cody & Waite (1980) range reduction t = k·ln2 + r, |r| ≤ ln2/2 (+ one rounding), ln2 split in a
+# high part with trailing zero bits (k·LN2_HI exact for |k| < 2^8 (float32) / 2^11 (float64)) and a
+# low part; 2^k assembled in the exponent bits.
+_LN2_HI32, _LN2_LO32 = 0.693145751953125, 1.428606765330187e-06
+_LN2_HI64, _LN2_LO64 = 0.6931471803691238, 1.9082149292705877e-10
+
+
+def fast_exp(t):
+    """``exp(t)`` for ``EXP_FLOOR[dtype] ≤ t ≤ 0``, vectorisable (callable from numba only).
+
+    float32: Cephes ``expf`` minimax polynomial of degree 7 on ``|r| ≤ ln2/2``, relative error
+    ≤ 3e-7 (2.5 ulp). float64: Taylor polynomial of degree 13 on ``|r| ≤ ln2/2``, truncation
+    ``(ln2/2)^14/14! ≈ 4e-18``, relative error ≤ 4e-16 (measured in tests/test_kernels.py).
+    Outside the stated range the exponent bits overflow: callers clamp first.
+    """
+    return math.exp(t)
+
+
+@overload(fast_exp, inline="always", fastmath=True)
+def _fast_exp_impl(t):
+    if isinstance(t, types.Float) and t.bitwidth == 32:
+        def impl32(t):
+            ki = np.int32(t * np.float32(1.4426950408889634) - np.float32(0.5))   # round(t/ln2), t ≤ 0
+            kf = np.float32(ki)
+            r = t - kf * np.float32(_LN2_HI32) - kf * np.float32(_LN2_LO32)
+            p = np.float32(1.9875691500e-4)
+            p = p * r + np.float32(1.3981999507e-3)
+            p = p * r + np.float32(8.3334519073e-3)
+            p = p * r + np.float32(4.1665795894e-2)
+            p = p * r + np.float32(1.6666665459e-1)
+            p = p * r + np.float32(5.0000001201e-1)
+            p = p * r * r + r + np.float32(1.0)
+            return p * np.int32((ki + np.int32(127)) << np.int32(23)).view(np.float32)
+        return impl32
+    if isinstance(t, types.Float) and t.bitwidth == 64:
+        def impl64(t):
+            ki = np.int64(t * 1.4426950408889634 - 0.5)
+            kf = np.float64(ki)
+            r = t - kf * _LN2_HI64 - kf * _LN2_LO64
+            p = 1.0 / 6227020800.0
+            p = p * r + 1.0 / 479001600.0
+            p = p * r + 1.0 / 39916800.0
+            p = p * r + 1.0 / 3628800.0
+            p = p * r + 1.0 / 362880.0
+            p = p * r + 1.0 / 40320.0
+            p = p * r + 1.0 / 5040.0
+            p = p * r + 1.0 / 720.0
+            p = p * r + 1.0 / 120.0
+            p = p * r + 1.0 / 24.0
+            p = p * r + 1.0 / 6.0
+            p = p * r + 0.5
+            p = p * r * r + r + 1.0
+            return p * np.int64((ki + np.int64(1023)) << np.int64(52)).view(np.float64)
+        return impl64
+    return None
 
 
 @numba.njit(parallel=True, cache=True)
@@ -59,3 +131,170 @@ def blob_score_sums(points: np.ndarray, inv_sum_points: np.ndarray, centers: np.
         for k in range(d):
             out[p, k] = (-2.0 / eps) * acc[k]
     return out
+
+
+def kernel_constants(dtype) -> np.ndarray:
+    """``[floor, 0.5, e^{floor/2}, 0]`` in ``dtype`` for the Gaussian kernels (numba types Python
+    float literals as float64, which would promote float32 loops)."""
+    dtype = np.dtype(dtype)
+    floor = EXP_FLOOR[dtype]
+    return np.array([floor, 0.5, math.exp(0.5 * floor), 0.0], dtype=dtype)
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def gaussian_sums(queries_t: np.ndarray, context_t: np.ndarray, consts: np.ndarray):
+    """Unit Gaussian kernel sums, fused: ``t_ij = −½|y_i − x_j|²``, ``M_i = max_j t_ij``,
+    ``S_i = Σ_j e^{t_ij − M_i}``, ``mean_i = Σ_j e^{t_ij − M_i} x_j / S_i``.
+
+    ``queries_t`` (d, m), ``context_t`` (d, n), coordinate-major, same float dtype; ``consts``:
+    :func:`kernel_constants` of that dtype. Returns ``lse = M + log S`` (m,)
+    and ``mean`` (m, d) in that dtype. Memory O(n) per thread.
+    """
+    d, m = queries_t.shape
+    n = context_t.shape[1]
+    lo, half, zero = consts[0], consts[1], consts[3]
+    lse = np.empty(m, queries_t.dtype)
+    mean = np.empty((m, d), queries_t.dtype)
+    block = 32
+    for blk in numba.prange((m + block - 1) // block):
+        t = np.empty(n, queries_t.dtype)
+        for i in range(blk * block, min(m, (blk + 1) * block)):
+            t[:] = 0
+            for k in range(d):
+                yk = queries_t[k, i]
+                xk = context_t[k]
+                for j in range(n):
+                    diff = yk - xk[j]
+                    t[j] -= diff * diff
+            tmax = t[0]
+            for j in range(n):
+                tmax = max(tmax, t[j])
+            tot = zero
+            for j in range(n):
+                e = fast_exp(max(half * (t[j] - tmax), lo))
+                t[j] = e
+                tot += e
+            lse[i] = half * tmax + math.log(tot)
+            for k in range(d):
+                xk = context_t[k]
+                acc = zero
+                for j in range(n):
+                    acc += t[j] * xk[j]
+                mean[i, k] = acc / tot
+    return lse, mean
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def bank_moments(queries: np.ndarray, query_batch: np.ndarray, context_t: np.ndarray, offsets: np.ndarray,
+                 inv_h2: np.ndarray, derived: np.ndarray, second: np.ndarray, consts: np.ndarray):
+    """Kernel-weighted moments of the context around each query at several bandwidths, fused.
+
+    Query ``i`` (``queries`` (M, d)) belongs to batch element ``b = query_batch[i]`` whose
+    context is ``context_t[:, offsets[b]:offsets[b+1]]`` (coordinate-major (d, N)). With
+    ``z_j = x_j − y_i``, ``t_j = −½|z_j|²``, ``T = max_j t_j`` and, for each bandwidth slot
+    ``c`` (``inv_h2`` (B, C) = 1/h²), ``k_j = exp(max((t_j − T)/h², floor))``:
+
+    ``tmax[i] = T``, ``s0[i,c] = Σ k_j``, ``s2[i,c] = Σ k_j²``, ``s1[i,c,:] = Σ k_j z_j`` and,
+    where ``second[c]``, ``m2[i,c,:,:] = Σ k_j z_j z_jᵀ`` (zero elsewhere).
+
+    ``derived[c]``: slot ``c`` has 1/h² four times that of slot ``c−1`` (bandwidth ratio exactly
+    2), so ``k = exp(4a) = max(k_{c−1}², e^{floor/2})²`` — exact squaring instead of an exp,
+    with the same clamp (``e^{4a}`` falls below ``e^floor`` exactly when ``e^{2a}`` falls below
+    ``e^{floor/2}``). ``consts``: :func:`kernel_constants`. All in the input dtype; memory
+    O(d·n) per thread.
+    """
+    M, d = queries.shape
+    C = inv_h2.shape[1]
+    nmax = 0
+    for b in range(offsets.shape[0] - 1):
+        nmax = max(nmax, offsets[b + 1] - offsets[b])
+    lo, half, sqrt_floor, zero = consts[0], consts[1], consts[2], consts[3]
+    tmax_out = np.empty(M, queries.dtype)
+    s0 = np.empty((M, C), queries.dtype)
+    s2 = np.empty((M, C), queries.dtype)
+    s1 = np.empty((M, C, d), queries.dtype)
+    m2 = np.zeros((M, C, d, d), queries.dtype)
+    block = 16
+    for blk in numba.prange((M + block - 1) // block):
+        z = np.empty((d, nmax), queries.dtype)
+        t = np.empty(nmax, queries.dtype)
+        kern = np.empty(nmax, queries.dtype)
+        for i in range(blk * block, min(M, (blk + 1) * block)):
+            b = query_batch[i]
+            start = offsets[b]
+            n = offsets[b + 1] - start
+            tv = t[:n]
+            tv[:] = 0
+            for k in range(d):
+                yk = queries[i, k]
+                xk = context_t[k, start:start + n]
+                zk = z[k, :n]
+                for j in range(n):
+                    diff = xk[j] - yk
+                    zk[j] = diff
+                    tv[j] -= half * diff * diff
+            tm = tv[0]
+            for j in range(n):
+                tm = max(tm, tv[j])
+            tmax_out[i] = tm
+            for j in range(n):
+                tv[j] -= tm
+            kv = kern[:n]
+            for c in range(C):
+                a = inv_h2[b, c]
+                acc0 = zero
+                acc2 = zero
+                if derived[c]:
+                    for j in range(n):
+                        q = max(kv[j] * kv[j], sqrt_floor)
+                        e = q * q
+                        kv[j] = e
+                        acc0 += e
+                        acc2 += e * e
+                else:
+                    for j in range(n):
+                        e = fast_exp(max(tv[j] * a, lo))
+                        kv[j] = e
+                        acc0 += e
+                        acc2 += e * e
+                s0[i, c] = acc0
+                s2[i, c] = acc2
+                for k in range(d):
+                    zk = z[k, :n]
+                    acc = zero
+                    for j in range(n):
+                        acc += kv[j] * zk[j]
+                    s1[i, c, k] = acc
+                if second[c]:
+                    for k in range(d):
+                        zk = z[k, :n]
+                        for l in range(k + 1):
+                            zl = z[l, :n]
+                            acc = zero
+                            for j in range(n):
+                                acc += kv[j] * zk[j] * zl[j]
+                            m2[i, c, k, l] = acc
+                            m2[i, c, l, k] = acc
+    return tmax_out, s0, s2, s1, m2
+
+
+def fused_available(*tensors) -> bool:
+    """Whether the numba kernels can stand in for a torch computation on ``tensors``: CPU,
+    float32/float64, and no gradient wanted (numba is invisible to autograd)."""
+    import torch
+
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    return not grad and all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors)
+
+
+def gaussian_sums_tensor(u_queries, u_context):
+    """:func:`gaussian_sums` on torch tensors ``u_queries`` (m, d), ``u_context`` (n, d) of one
+    float dtype: ``(lse (m,), mean (m, d))`` as tensors of that dtype (see
+    :func:`particlescore.estimators.gaussian_kernel_sums` for the torch version)."""
+    import torch
+
+    dtype = np.float32 if u_queries.dtype == torch.float32 else np.float64
+    q = np.ascontiguousarray(u_queries.detach().numpy().T, dtype=dtype)     # (d, m)
+    c = np.ascontiguousarray(u_context.detach().numpy().T, dtype=dtype)     # (d, n)
+    lse, mean = gaussian_sums(q, c, kernel_constants(dtype))
+    return torch.from_numpy(lse), torch.from_numpy(mean)
