@@ -40,6 +40,13 @@ queries (the score table: m = 512) keep the full context up to n = max_pairs/m. 
 measured (issue 8 item 2; ``benchmarks/solver_scale.py``): at n = 16384, m = 512 a 2048-point
 context raised the score-table error from 1.18 % to 1.94 % (d = 2), hence the pair budget.
 ``max_context=None`` turns the subsample off.
+
+Moment projection (``moment_projection=True``; ``particlescore.stein``): when the queries are the
+context points (the solver's call), the score is corrected by the least-squares field that makes
+it obey Stein's identity on the particles' own empirical measure for the fields that drive the
+Landau second moments. The particle covariance then follows the exact Maxwell-molecule moment
+ODE; the score moves away from the smooth density's score by the empirical sampling noise
+(docs/moment_projection.md has the measured trade-off). The log-density is left as it is.
 """
 from __future__ import annotations
 
@@ -60,6 +67,7 @@ from .estimators import ScoreEstimator
 from .affine import AffineFrame, EncodedContext, WhitenedModel
 from .candidates import Mixture, _em, _log_likelihood, fit_mixture, refit_mixture, reframe_mixture
 from .model import DiScoFormerConfig, DiScoFormerNet
+from .stein import project_score
 
 __all__ = ["DiScoFormer", "save_weights", "load_weights", "WEIGHTS_DIR", "available_dims"]
 
@@ -157,14 +165,16 @@ class DiScoFormer(ScoreEstimator):
     pretrained weights and a cold fit. ``adapt_points`` caps how many context points serve as
     adaptation queries; ``max_context`` and ``max_pairs`` bound the context of the kernel bank and
     attention (module docstring).
+    ``moment_projection`` corrects the score at the context points with
+    :func:`particlescore.stein.project_score` (module docstring).
     ``state_dict()``/``load_state_dict()`` save and restore everything a warm start carries.
     """
 
     def __init__(self, net: DiScoFormerNet, *, adapt_steps: int = 0, adapt_lr: float = 1e-3,
                  warm_start: bool = False, proximal: float = 1e-2, max_drift: float = 0.5,
                  adapt_points: int = 256, warm_iters: int = 3, refit_every: int = 25,
-                 max_context: int | None = 2048, max_pairs: int = 2 ** 23, source: str = "<in memory>",
-                 sha256: str | None = None):
+                 max_context: int | None = 2048, max_pairs: int = 2 ** 23, moment_projection: bool = False,
+                 source: str = "<in memory>", sha256: str | None = None):
         if not isinstance(adapt_steps, int) or isinstance(adapt_steps, bool) or adapt_steps < 0:
             raise ValueError(f"adapt_steps must be a non-negative int, got {adapt_steps!r}")
         if not adapt_lr > 0:
@@ -178,6 +188,9 @@ class DiScoFormer(ScoreEstimator):
                                  f"got {value!r}")
         self.warm_iters, self.refit_every, self.max_context = warm_iters, refit_every, max_context
         self.max_pairs = max_pairs
+        if not isinstance(moment_projection, bool):
+            raise ValueError(f"moment_projection must be true or false, got {moment_projection!r}")
+        self.moment_projection = moment_projection
         self.net = net.eval()
         self.model = WhitenedModel(self.net)
         for p in self.net.parameters():
@@ -195,7 +208,8 @@ class DiScoFormer(ScoreEstimator):
     @classmethod
     def pretrained(cls, dim: int, *, adapt_steps: int = 0, adapt_lr: float = 1e-3,
                    warm_start: bool = False, warm_iters: int = 3, refit_every: int = 25,
-                   max_context: int | None = 2048, max_pairs: int = 2 ** 23) -> "DiScoFormer":
+                   max_context: int | None = 2048, max_pairs: int = 2 ** 23,
+                   moment_projection: bool = False) -> "DiScoFormer":
         """The weights shipped for dimension ``dim`` (ValueError listing the shipped dims)."""
         path = weights_path(dim)
         if not path.is_file():
@@ -203,13 +217,14 @@ class DiScoFormer(ScoreEstimator):
                              f"{list(available_dims())} (train with `python -m particlescore.training --dim {dim}`)")
         return cls.from_file(path, adapt_steps=adapt_steps, adapt_lr=adapt_lr, warm_start=warm_start,
                              warm_iters=warm_iters, refit_every=refit_every, max_context=max_context,
-                             max_pairs=max_pairs, expected_sha256=recorded_sha256(dim))
+                             max_pairs=max_pairs, moment_projection=moment_projection,
+                             expected_sha256=recorded_sha256(dim))
 
     @classmethod
     def from_file(cls, path, *, adapt_steps: int = 0, adapt_lr: float = 1e-3,
                   warm_start: bool = False, warm_iters: int = 3, refit_every: int = 25,
                   max_context: int | None = 2048, max_pairs: int = 2 ** 23,
-                  expected_sha256: str | None = None) -> "DiScoFormer":
+                  moment_projection: bool = False, expected_sha256: str | None = None) -> "DiScoFormer":
         """Weights from any file written by :func:`save_weights`; with ``expected_sha256`` the
         file's checksum must match (ValueError otherwise)."""
         sha = file_sha256(path) if Path(path).is_file() else None
@@ -220,7 +235,7 @@ class DiScoFormer(ScoreEstimator):
         net, _ = load_weights(path)
         return cls(net, adapt_steps=adapt_steps, adapt_lr=adapt_lr, warm_start=warm_start,
                    warm_iters=warm_iters, refit_every=refit_every, max_context=max_context,
-                   max_pairs=max_pairs, source=Path(path).name, sha256=sha)
+                   max_pairs=max_pairs, moment_projection=moment_projection, source=Path(path).name, sha256=sha)
 
     # ------------------------------------------------------------------ state
     def to(self, device) -> "DiScoFormer":
@@ -288,7 +303,7 @@ class DiScoFormer(ScoreEstimator):
         return {"estimator": "DiScoFormer", "dim": self.dim, "adapt_steps": self.adapt_steps,
                 "adapt_lr": self.adapt_lr, "warm_start": self.warm_start, "warm_iters": self.warm_iters,
                 "refit_every": self.refit_every, "max_context": self.max_context or 0, "max_pairs": self.max_pairs,
-                "weights": self.source,
+                "moment_projection": self.moment_projection, "weights": self.source,
                 "weights_sha256": self.sha256 or ""}
 
     # ------------------------------------------------------------------ evaluation
@@ -585,7 +600,10 @@ class DiScoFormer(ScoreEstimator):
                                                              create_graph=False).detach())
         with torch.no_grad():
             log_f, score = self.model.predict(enc, queries.to(self._model_dtype())[None])  # (1, m), (1, m, d)
-        return log_f[0].to(context.dtype), score[0].to(context.dtype)
+        score = score[0].to(context.dtype)                                   # (m, d)
+        if self.moment_projection and queries is context:
+            score = project_score(context, score)                            # (n, d) Stein on the particles
+        return log_f[0].to(context.dtype), score
 
 
 @torch.no_grad()
