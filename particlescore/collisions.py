@@ -40,9 +40,19 @@ Random batch method (``random_batch=p``, Jin, Li & Liu, J. Comput. Phys. 2020; C
 only among themselves (O(N·p) pair terms instead of O(Σ n_c²)); momentum is still conserved per
 batch. The shuffle comes from ``generator`` (a ``numpy.random.Generator``) passed to
 :meth:`step`, else from the operator's own generator seeded with ``seed``.
+
+Warm-started cells (``warm_start=True``, for batched estimators whose ``evaluate_cells`` takes a
+``state``, e.g. DiScoFormer): the operator keeps each cell's last mixture fit between calls
+(keyed by cell id) and the estimator refines it by a few EM steps instead of a fresh split/BIC
+search (:meth:`particlescore.discoformer.DiScoFormer.evaluate_cells`). The state is the
+operator's: :meth:`LandauCollisions.state_dict` / :meth:`LandauCollisions.load_state_dict` save
+and restore it (the PIC stores it with every particle record, so a resumed run is bitwise the
+uninterrupted one), :meth:`LandauCollisions.reset` forgets it. Results then depend on the call
+history, as for the solver's warm start.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Protocol, runtime_checkable
 
@@ -149,16 +159,18 @@ class LandauCollisions:
     ``random_batch``: None for all pairs in a cell, or the batch size ``p ≥ 2``;
     ``integrator``: ``"euler"`` or ``"heun"``; ``batched``: None to use the estimator's batched
     call when it has one (:class:`BatchedScoreEstimator`), False to loop over cells; ``seed``:
-    seeds the operator's own generator for random batches.
+    seeds the operator's own generator for random batches; ``warm_start``: carry each cell's
+    mixture fit from call to call (module docstring; needs a batched estimator whose
+    ``evaluate_cells`` takes ``state``).
 
-    Note on stateful estimators: a warm-started estimator (``warm_start=True``) carries state
+    Note on stateful estimators: an estimator constructed with ``warm_start=True`` carries state
     from one call to the next, which in the per-cell loop would pass from one cell to another;
-    give the operator an estimator without warm start.
+    give the operator an estimator without warm start and use the operator's ``warm_start``.
     """
 
     def __init__(self, estimator, gamma: float = 0.0, B: float = 1.0 / 24.0, random_batch: int | None = None, *,
                  regularization: float | None = None, integrator: str = "euler", batched: bool | None = None,
-                 seed: int = 0):
+                 seed: int = 0, warm_start: bool = False):
         if not callable(estimator):
             raise ValueError(f"estimator must be a score estimator est(context) -> (log_f, score), "
                              f"got {type(estimator).__name__}")
@@ -184,6 +196,12 @@ class LandauCollisions:
                              f"{type(estimator).__name__} has none")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise ValueError(f"seed must be an int, got {seed!r}")
+        if not isinstance(warm_start, bool):
+            raise ValueError(f"warm_start must be True or False, got {warm_start!r}")
+        if warm_start and not (can_batch and batched is not False
+                               and "state" in inspect.signature(estimator.evaluate_cells).parameters):
+            raise ValueError(f"warm_start=True needs the batched call of an estimator whose evaluate_cells takes a "
+                             f"state (e.g. DiScoFormer); {type(estimator).__name__} with batched={batched} has none")
         self.estimator = estimator
         self.gamma, self.B = float(gamma), float(B)
         self.random_batch = random_batch
@@ -192,6 +210,8 @@ class LandauCollisions:
         self.batched = can_batch if batched is None else batched
         self.seed = int(seed)
         self._rng = np.random.default_rng(self.seed)
+        self.warm_start = warm_start
+        self._cell_state: dict | None = {} if warm_start else None   # evaluate_cells' per-cell fits
         #: cell ids left unchanged by the last call because they held n_c ≤ d particles
         self.last_skipped_cells: np.ndarray = np.zeros(0, dtype=np.int64)
 
@@ -248,12 +268,34 @@ class LandauCollisions:
         est = self.estimator
         return {"operator": "LandauCollisions", "gamma": self.gamma, "B": self.B,
                 "random_batch": self.random_batch, "regularization": self.regularization,
-                "integrator": self.integrator, "batched": self.batched,
+                "integrator": self.integrator, "batched": self.batched, "warm_start": self.warm_start,
                 "estimator": est.describe() if isinstance(est, ScoreEstimator) else type(est).__name__}
 
     def __repr__(self) -> str:
         return (f"LandauCollisions({type(self.estimator).__name__}, gamma={self.gamma}, B={self.B}, "
-                f"random_batch={self.random_batch}, integrator={self.integrator!r}, batched={self.batched})")
+                f"random_batch={self.random_batch}, integrator={self.integrator!r}, batched={self.batched}, "
+                f"warm_start={self.warm_start})")
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What the operator carries between calls, as CPU tensors: ``cells.<key>`` (the
+        per-cell warm-start fits; empty without ``warm_start`` or before the first call).
+        :meth:`load_state_dict` of it makes the next call bitwise equal to an uninterrupted run."""
+        return {f"cells.{k}": v.detach().cpu().clone().contiguous() for k, v in (self._cell_state or {}).items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output (ValueError if it does not belong to this operator)."""
+        if not isinstance(state, dict) or any(not (isinstance(k, str) and k.startswith("cells.")
+                                                   and isinstance(v, torch.Tensor)) for k, v in state.items()):
+            raise ValueError("not a LandauCollisions state: expected a dict of 'cells.<key>' tensors")
+        if state and not self.warm_start:
+            raise ValueError("this state holds warm-start cell fits, but the operator has warm_start=False")
+        if self.warm_start:
+            self._cell_state = {k[len("cells."):]: v.clone() for k, v in state.items()}
+
+    def reset(self) -> None:
+        """Forget the warm-start cell fits (the next call searches every cell afresh)."""
+        if self.warm_start:
+            self._cell_state = {}
 
     # ------------------------------------------------------------------ internals
     @staticmethod
@@ -275,7 +317,7 @@ class LandauCollisions:
         keep = np.flatnonzero(particle_rank >= 0)
         perm = keep[np.argsort(particle_rank[keep], kind="stable")]
         cell_counts = counts[active]
-        return {"perm": perm, "counts": cell_counts,
+        return {"perm": perm, "counts": cell_counts, "ids": ids[active].astype(np.int64),
                 "offsets": np.concatenate([[0], np.cumsum(cell_counts)]).astype(np.int64),
                 "cell_of": np.repeat(np.arange(len(cell_counts), dtype=np.int64), cell_counts)}
 
@@ -318,7 +360,11 @@ class LandauCollisions:
             contexts[mask] = v
             # padding rows repeat the cell's first particle: finite, ignored by the estimator
             contexts[~mask] = np.repeat(v[offsets[:-1]], n_max - counts, axis=0)
-            _, score = self.estimator.evaluate_cells(contexts, counts.astype(np.int64))
+            if self._cell_state is None:
+                _, score = self.estimator.evaluate_cells(contexts, counts.astype(np.int64))
+            else:
+                _, score = self.estimator.evaluate_cells(contexts, counts.astype(np.int64), state=self._cell_state,
+                                                         cells=layout["ids"])
             score = np.asarray(score.detach().cpu() if isinstance(score, torch.Tensor) else score, dtype=np.float64)
             return np.ascontiguousarray(score[mask])
         out = np.empty_like(v)

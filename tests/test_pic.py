@@ -171,9 +171,16 @@ def test_netcdf_layout_and_attributes(tmp_path):
     assert (tmp_path / "pic.png").stat().st_size > 10000
 
 
-def test_kill_and_resume_reproduces_the_run(tmp_path, monkeypatch):
+_WARM = {"estimator": "discoformer", "B": 0.5, "every": 2, "warm_start": True}
+
+
+@pytest.mark.parametrize("collisions", [None, _WARM], ids=["kde_random_batch", "discoformer_warm_cells"])
+def test_kill_and_resume_reproduces_the_run(tmp_path, monkeypatch, collisions):
+    # the warm-started DiScoFormer case carries per-cell mixture fits from step to step: the
+    # resumed run is bitwise only if that state is stored with the particles and restored
+    _small_ = _small if collisions is None else (lambda **over: _small(collisions=collisions, **over))
     full = tmp_path / "full.nc"
-    pic.run_from_config({"pic": _small()}, full)
+    pic.run_from_config({"pic": _small_()}, full)
     cut = tmp_path / "cut.nc"
     real = pic.diagnostics
     calls = {"n": 0}
@@ -186,19 +193,34 @@ def test_kill_and_resume_reproduces_the_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pic, "diagnostics", dying)
     with pytest.raises(KeyboardInterrupt):
-        pic.run_from_config({"pic": _small()}, cut)
+        pic.run_from_config({"pic": _small_()}, cut)
     monkeypatch.setattr(pic, "diagnostics", real)
     assert ps.open_trajectory(cut)["step"].values.tolist() == [0, 2, 4, 6, 8, 10, 12, 14]
     with pytest.raises(ValueError, match="already exists"):
-        pic.run_from_config({"pic": _small()}, cut)
+        pic.run_from_config({"pic": _small_()}, cut)
     with pytest.raises(ValueError, match="different PIC configuration"):
-        pic.run_from_config({"pic": _small(seed=1)}, cut, resume=True)
-    pic.run_from_config({"pic": _small()}, cut, resume=True)
+        pic.run_from_config({"pic": _small_(seed=1)}, cut, resume=True)
+    if collisions is not None:
+        import shutil
+
+        shutil.copy(cut, tmp_path / "stateless.nc")
+    pic.run_from_config({"pic": _small_()}, cut, resume=True)
     a, b = ps.open_trajectory(full), ps.open_trajectory(cut)
     assert a["step"].values.tolist() == b["step"].values.tolist()
     for name in ("position", "velocity", "electric_field", "total_energy", "temperature", "entropy"):
         np.testing.assert_array_equal(a[name].values, b[name].values)     # bitwise: seeded per step
     assert "resumed at step 12" in b.attrs["history"]
+    if collisions is not None:
+        import netCDF4
+
+        with netCDF4.Dataset(full) as ds:      # the step-12 record (index 6) holds every cell's warm fit
+            state = ps.trajectory.unpack_state(ds.groups["resume"].variables["collision_state"][6])
+        assert state["cells.age"].shape == (16,) and (state["cells.age"] >= 0).all()
+        # the stored state is what makes it bitwise: resuming without it (cold searches) differs
+        monkeypatch.setattr(LandauCollisions, "load_state_dict", lambda self, state: None)
+        pic.run_from_config({"pic": _small_()}, tmp_path / "stateless.nc", resume=True)
+        assert not np.array_equal(ps.open_trajectory(tmp_path / "stateless.nc")["velocity"].values[-1],
+                                  a["velocity"].values[-1])
 
 
 def test_bad_configurations_are_rejected():
