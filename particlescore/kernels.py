@@ -5,7 +5,7 @@ moved to another backend on its own. :func:`mollified_sums` and :func:`blob_scor
 float64 C-contiguous arrays; :func:`gaussian_sums` and :func:`bank_moments` run in the dtype of
 their inputs (float32 or float64, C-contiguous).
 
-The Gaussian kernels evaluate ``exp`` with :func:`fast_exp`, a branch-free polynomial that LLVM
+The Gaussian kernels evaluate ``exp`` with :func:`fast_exp2`, a branch-free polynomial that LLVM
 vectorises (numba's ``math.exp`` calls libm one element at a time: ~4× slower in float32 on
 AVX2, measured in ``benchmarks/roofline.py``). Each query's sums run over contiguous per-query
 buffers of length n (context stored coordinate-major, ``(d, n)``), one reduction per pass, so
@@ -20,7 +20,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-__all__ = ["mollified_sums", "blob_score_sums", "fast_exp", "gaussian_sums", "bank_moments", "EXP_FLOOR", "kernel_constants",
+__all__ = ["mollified_sums", "blob_score_sums", "fast_exp2", "LOG2E", "gaussian_sums", "bank_moments", "EXP_FLOOR", "kernel_constants",
            "fused_available", "gaussian_sums_tensor"]
 
 #: Lower clamp of the exponent in the Gaussian kernels, per dtype: ``e^floor`` is still a normal
@@ -28,31 +28,30 @@ __all__ = ["mollified_sums", "blob_score_sums", "fast_exp", "gaussian_sums", "ba
 #: negligible against the row maximum 1 that every sum contains.
 EXP_FLOOR = {np.dtype(np.float32): -80.0, np.dtype(np.float64): -700.0}
 
-# Cody & Waite (1980) range reduction t = k·ln2 + r, |r| ≤ ln2/2 (+ one rounding), ln2 split in a
-# high part with trailing zero bits (k·LN2_HI exact for |k| < 2^8 (float32) / 2^11 (float64)) and a
-# low part; 2^k assembled in the exponent bits.
-_LN2_HI32, _LN2_LO32 = 0.693145751953125, 1.428606765330187e-06
-_LN2_HI64, _LN2_LO64 = 0.6931471803691238, 1.9082149292705877e-10
+#: log2(e): the kernels evaluate e^t as 2^(t·log2 e) with the factor folded into their constants
+LOG2E = 1.4426950408889634
+_LN2 = 0.6931471805599453
 
 
-def fast_exp(t):
-    """``exp(t)`` for ``EXP_FLOOR[dtype] ≤ t ≤ 0``, vectorisable (callable from numba only).
+def fast_exp2(x):
+    """``2^x`` for ``EXP_FLOOR[dtype]·log2(e) ≤ x ≤ 0``, vectorisable (callable from numba only).
 
-    float32: Cephes ``expf`` minimax polynomial of degree 7 on ``|r| ≤ ln2/2``, relative error
-    ≤ 3e-7 (2.5 ulp). float64: Taylor polynomial of degree 13 on ``|r| ≤ ln2/2``, truncation
-    ``(ln2/2)^14/14! ≈ 4e-18``, relative error ≤ 4e-16 (measured in tests/test_kernels.py).
+    ``x = k + f`` with ``k = round(x)`` and ``f = x − k`` exact (|f| ≤ ½), so no range-reduction
+    constant can lose bits under fastmath reassociation; ``2^f = e^{f·ln2}`` by a polynomial
+    on ``|f·ln2| ≤ ln2/2`` and ``2^k`` assembled in the exponent bits. float32: the Cephes
+    ``expf`` minimax polynomial (degree 7); float64: Taylor to degree 13 (truncation
+    ``(ln2/2)^14/14! ≈ 4e-18``). Relative errors are measured in tests/test_kernels.py.
     Outside the stated range the exponent bits overflow: callers clamp first.
     """
-    return math.exp(t)
+    return 2.0 ** x
 
 
-@overload(fast_exp, inline="always", fastmath=True)
-def _fast_exp_impl(t):
-    if isinstance(t, types.Float) and t.bitwidth == 32:
-        def impl32(t):
-            ki = np.int32(t * np.float32(1.4426950408889634) - np.float32(0.5))   # round(t/ln2), t ≤ 0
-            kf = np.float32(ki)
-            r = t - kf * np.float32(_LN2_HI32) - kf * np.float32(_LN2_LO32)
+@overload(fast_exp2, inline="always")
+def _fast_exp2_impl(x):
+    if isinstance(x, types.Float) and x.bitwidth == 32:
+        def impl32(x):
+            ki = np.int32(x - np.float32(0.5))           # round to nearest for x ≤ 0 (ties down)
+            r = (x - np.float32(ki)) * np.float32(_LN2)  # x − k exact
             p = np.float32(1.9875691500e-4)
             p = p * r + np.float32(1.3981999507e-3)
             p = p * r + np.float32(8.3334519073e-3)
@@ -62,11 +61,10 @@ def _fast_exp_impl(t):
             p = p * r * r + r + np.float32(1.0)
             return p * np.int32((ki + np.int32(127)) << np.int32(23)).view(np.float32)
         return impl32
-    if isinstance(t, types.Float) and t.bitwidth == 64:
-        def impl64(t):
-            ki = np.int64(t * 1.4426950408889634 - 0.5)
-            kf = np.float64(ki)
-            r = t - kf * _LN2_HI64 - kf * _LN2_LO64
+    if isinstance(x, types.Float) and x.bitwidth == 64:
+        def impl64(x):
+            ki = np.int64(x - 0.5)
+            r = (x - np.float64(ki)) * _LN2
             p = 1.0 / 6227020800.0
             p = p * r + 1.0 / 479001600.0
             p = p * r + 1.0 / 39916800.0
@@ -83,7 +81,6 @@ def _fast_exp_impl(t):
             return p * np.int64((ki + np.int64(1023)) << np.int64(52)).view(np.float64)
         return impl64
     return None
-
 
 @numba.njit(parallel=True, cache=True)
 def mollified_sums(points: np.ndarray, centers: np.ndarray, eps: float) -> np.ndarray:
@@ -134,11 +131,11 @@ def blob_score_sums(points: np.ndarray, inv_sum_points: np.ndarray, centers: np.
 
 
 def kernel_constants(dtype) -> np.ndarray:
-    """``[floor, 0.5, e^{floor/2}, 0]`` in ``dtype`` for the Gaussian kernels (numba types Python
-    float literals as float64, which would promote float32 loops)."""
+    """``[floor·log2 e, ½·log2 e, e^{floor/2}, 0, ½, log2 e]`` in ``dtype`` for the Gaussian
+    kernels (numba types Python float literals as float64, which would promote float32 loops)."""
     dtype = np.dtype(dtype)
     floor = EXP_FLOOR[dtype]
-    return np.array([floor, 0.5, math.exp(0.5 * floor), 0.0], dtype=dtype)
+    return np.array([floor * LOG2E, 0.5 * LOG2E, math.exp(0.5 * floor), 0.0, 0.5, LOG2E], dtype=dtype)
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
@@ -152,7 +149,7 @@ def gaussian_sums(queries_t: np.ndarray, context_t: np.ndarray, consts: np.ndarr
     """
     d, m = queries_t.shape
     n = context_t.shape[1]
-    lo, half, zero = consts[0], consts[1], consts[3]
+    lo2, half_log2e, zero, half = consts[0], consts[1], consts[3], consts[4]
     lse = np.empty(m, queries_t.dtype)
     mean = np.empty((m, d), queries_t.dtype)
     block = 32
@@ -171,7 +168,7 @@ def gaussian_sums(queries_t: np.ndarray, context_t: np.ndarray, consts: np.ndarr
                 tmax = max(tmax, t[j])
             tot = zero
             for j in range(n):
-                e = fast_exp(max(half * (t[j] - tmax), lo))
+                e = fast_exp2(max(half_log2e * (t[j] - tmax), lo2))     # e^{½(t_j − T)}
                 t[j] = e
                 tot += e
             lse[i] = half * tmax + math.log(tot)
@@ -208,7 +205,7 @@ def bank_moments(queries: np.ndarray, query_batch: np.ndarray, context_t: np.nda
     nmax = 0
     for b in range(offsets.shape[0] - 1):
         nmax = max(nmax, offsets[b + 1] - offsets[b])
-    lo, half, sqrt_floor, zero = consts[0], consts[1], consts[2], consts[3]
+    lo2, sqrt_floor, zero, half, log2e = consts[0], consts[2], consts[3], consts[4], consts[5]
     tmax_out = np.empty(M, queries.dtype)
     s0 = np.empty((M, C), queries.dtype)
     s2 = np.empty((M, C), queries.dtype)
@@ -241,7 +238,7 @@ def bank_moments(queries: np.ndarray, query_batch: np.ndarray, context_t: np.nda
                 tv[j] -= tm
             kv = kern[:n]
             for c in range(C):
-                a = inv_h2[b, c]
+                a = inv_h2[b, c] * log2e        # k_j = 2^{(t_j − T)·log2 e/h²}
                 acc0 = zero
                 acc2 = zero
                 if derived[c]:
@@ -253,7 +250,7 @@ def bank_moments(queries: np.ndarray, query_batch: np.ndarray, context_t: np.nda
                         acc2 += e * e
                 else:
                     for j in range(n):
-                        e = fast_exp(max(tv[j] * a, lo))
+                        e = fast_exp2(max(tv[j] * a, lo2))
                         kv[j] = e
                         acc0 += e
                         acc2 += e * e
