@@ -169,8 +169,8 @@ class DiScoFormerNet(nn.Module):
     def encode_context(self, ctx_w: torch.Tensor, mask: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Context tokens after each self-attention block: a list of (B,n,W). ``mask`` (B,n)
         marks the valid points of a padded batch."""
-        lift = (ctx_w * ctx_w).sum(-1, keepdim=True) / self.config.dim       # (B, n, 1)
-        tokens = self.embed_ctx(torch.cat([ctx_w, lift], -1))                # (B, n, W)
+        sq_norm = (ctx_w * ctx_w).sum(-1, keepdim=True) / self.config.dim    # (B, n, 1) ‖w‖²/d
+        tokens = self.embed_ctx(torch.cat([ctx_w, sq_norm], -1))             # (B, n, W)
         layers = []
         for block in self.ctx_blocks:
             tokens = block(tokens, mask=mask)                                # (B, n, W)
