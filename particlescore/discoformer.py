@@ -429,7 +429,9 @@ class DiScoFormer(ScoreEstimator):
         (any finite values, ignored). Each cell is estimated at its own particles exactly as
         ``self(contexts[c, :counts[c]])`` with ``warm_start=False`` would (same whitening,
         bandwidths, mixture fit and context size; equal to float round-off), with padded rows of
-        the outputs set to 0. numpy in -> numpy out, torch in -> torch out. Test-time adaptation
+        the outputs set to 0; a cell with ``context_size(n_c, n_c) < n_c`` (module docstring,
+        "Bounded cost") has its kernel bank and attention on the same seeded subsample as that
+        call. numpy in -> numpy out, torch in -> torch out. Test-time adaptation
         is per context, so this batched call requires ``adapt_steps == 0`` (it uses the current
         head). The estimator's own ``warm_start`` state is neither used nor changed.
 
@@ -481,7 +483,7 @@ class DiScoFormer(ScoreEstimator):
                 def fitter(ctx_w, frame, valid=valid, group=group, ids_g=ids[lo:hi]):
                     return self._warm_cells_fit(ctx_w, frame, valid, group, work, ids_g)
             with torch.no_grad():
-                enc = self.model.encode(ctx_g, counts=group, fitter=fitter)
+                enc = self._encode_cells(ctx_g, group, fitter)
                 # one chunk of queries per group (_cell_groups bounds its attention block)
                 log_f[lo:hi, :n_g], score[lo:hi, :n_g] = self.model.predict(enc, ctx_g, chunk=n_g)
         if state is not None:
@@ -490,6 +492,33 @@ class DiScoFormer(ScoreEstimator):
         log_f = torch.where(mask, log_f, 0.0).to(device=x.device, dtype=x.dtype)             # (C, n_max)
         score = torch.where(mask[..., None], score, 0.0).to(device=x.device, dtype=x.dtype)  # (C, n_max, d)
         return (log_f.numpy(), score.numpy()) if is_numpy else (log_f, score)
+
+    def _encode_cells(self, ctx: torch.Tensor, counts: list[int], fitter) -> EncodedContext:
+        """``model.encode`` of a padded group of cells (G,n,d), with each cell's kernel bank and
+        attention on the seeded subsample of :meth:`context_size` points that a cold
+        ``self(cell)`` call uses (``_prepare``: seed ``1_000_003·n_c``); frame and mixture on all
+        points. Without any subsampled cell it is ``model.encode`` itself."""
+        sizes = [self.context_size(k, k) for k in counts]
+        if sizes == counts:
+            return self.model.encode(ctx, counts=counts, fitter=fitter)
+        c, dev = self.net.config, ctx.device
+        mask = torch.arange(ctx.shape[1], device=dev) < torch.tensor(counts, device=dev)[:, None]   # (G, n)
+        ctx = ctx.masked_fill(~mask[..., None], 0.0)
+        frame = AffineFrame.fit(ctx, c.whiten_ridge, mask)
+        ctx_w = frame.whiten(ctx).masked_fill(~mask[..., None], 0.0)         # (G, n, d)
+        mixture = None
+        if c.mixture_components:
+            mixture = (fitter(ctx_w, frame) if fitter is not None else
+                       fit_mixture(ctx_w, c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge,
+                                   mask))
+        P = max(sizes)
+        sub = torch.zeros(len(counts), P, ctx.shape[2], dtype=ctx_w.dtype, device=dev)  # (G, P, d)
+        for b, (k, size) in enumerate(zip(counts, sizes)):
+            idx = (torch.randperm(k, generator=torch.Generator().manual_seed(1_000_003 * k))[:size]
+                   if size < k else torch.arange(k))
+            sub[b, :size] = ctx_w[b, idx.to(dev)]
+        sub_mask = torch.arange(P, device=dev) < torch.tensor(sizes, device=dev)[:, None]          # (G, P)
+        return EncodedContext(frame, sub, self.net.encode_context(sub, sub_mask), mixture, sub_mask, sizes)
 
     #: float32 entries of one attention block (G cells × heads × n × n) in evaluate_cells (128 MiB)
     _CELL_BLOCK = 2 ** 25

@@ -141,6 +141,15 @@ def test_batched_discoformer_equals_per_cell_loop():
     # the network runs in float32 (eps 1.2e-7); padded and unpadded attention sum the same
     # terms in another order: a few ulps of the O(1) scores, times dt·B·O(|v|³) ≈ 1
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    # a bounded context (DiScoFormer.context_size: 64 points when n·n > 6400) applies per cell in
+    # the batched call too: the bank and attention of cells 1 and 3 (150 and 100 points) see the
+    # same seeded subsample as the single-context call, cell 0 (64) all its points
+    small = ps.DiScoFormer.pretrained(dim=2, max_context=64, max_pairs=64 * 100)
+    assert [small.context_size(k, k) for k in (64, 150, 100)] == [64, 64, 64]
+    c = LandauCollisions(small, B=1.0).step(v, cell, 0.1)
+    np.testing.assert_allclose(c, LandauCollisions(small, B=1.0, batched=False).step(v, cell, 0.1), rtol=0, atol=1e-5)
+    assert np.abs(c - a).max() > 1e-3                                 # the subsample changed cells 1 and 3
+    np.testing.assert_allclose(c[cell == 0], a[cell == 0], rtol=0, atol=1e-5)
 
 
 def _bimodal_score(v, a, s2):
