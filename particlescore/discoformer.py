@@ -491,6 +491,9 @@ class DiScoFormer(ScoreEstimator):
         mask = mask.to(log_f.device)
         log_f = torch.where(mask, log_f, 0.0).to(device=x.device, dtype=x.dtype)             # (C, n_max)
         score = torch.where(mask[..., None], score, 0.0).to(device=x.device, dtype=x.dtype)  # (C, n_max, d)
+        if self.moment_projection:   # per cell, at its own particles, as _evaluate does at the context
+            for c, k in enumerate(counts_list):
+                score[c, :k] = project_score(x[c, :k], score[c, :k])
         return (log_f.numpy(), score.numpy()) if is_numpy else (log_f, score)
 
     def _encode_cells(self, ctx: torch.Tensor, counts: list[int], fitter) -> EncodedContext:

@@ -150,6 +150,10 @@ def test_batched_discoformer_equals_per_cell_loop():
     np.testing.assert_allclose(c, LandauCollisions(small, B=1.0, batched=False).step(v, cell, 0.1), rtol=0, atol=1e-5)
     assert np.abs(c - a).max() > 1e-3                                 # the subsample changed cells 1 and 3
     np.testing.assert_allclose(c[cell == 0], a[cell == 0], rtol=0, atol=1e-5)
+    # the moment projection (DiScoFormer(moment_projection=True)) is applied per cell as well
+    proj = ps.DiScoFormer.pretrained(dim=2, moment_projection=True)
+    np.testing.assert_allclose(LandauCollisions(proj, B=1.0).step(v, cell, 0.1),
+                               LandauCollisions(proj, B=1.0, batched=False).step(v, cell, 0.1), rtol=0, atol=1e-5)
 
 
 def _bimodal_score(v, a, s2):
