@@ -23,6 +23,7 @@ TTA_STEPS = 2
 LABELS = {
     "discoformer-0": "DiScoFormer (0 TTA)",
     "discoformer-tta": f"DiScoFormer ({TTA_STEPS} TTA, warm)",
+    "discoformer-proj": "DiScoFormer (warm, moment projection)",
     "kde": "Scott KDE",
     "blob": "Blob",
     "sbtm": "SBTM",
@@ -51,6 +52,11 @@ def make_estimator(key: str, dim: int, problem, seed: int):
         steps = 0 if key == "discoformer-0" else TTA_STEPS
         try:
             return ps.DiScoFormer.pretrained(dim=dim, adapt_steps=steps, warm_start=steps > 0), None
+        except ValueError as err:
+            return None, f"skipped: {err}"
+    if key == "discoformer-proj":
+        try:
+            return ps.DiScoFormer.pretrained(dim=dim, warm_start=True, moment_projection=True), None
         except ValueError as err:
             return None, f"skipped: {err}"
     if key == "kde":

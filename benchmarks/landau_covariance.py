@@ -1,7 +1,7 @@
 """Anisotropic Maxwell relaxation (homogeneous Landau, γ = 0): covariance trajectory per estimator.
 
     python benchmarks/landau_covariance.py [--dims 3 10] [--n 500] [--dt 0.01] [--t-end 4]
-        [--seed 0] [--estimators discoformer-0 discoformer-tta kde blob sbtm]
+        [--seed 0] [--estimators discoformer-0 discoformer-tta discoformer-proj kde blob sbtm]
         [--out-dir benchmarks/results]
 
 Problem (docs/equations.md, anisotropic Maxwell relaxation): initial particles ``N(0, diag(1.8, 0.2, 1, …))``, Maxwell-molecule Landau
@@ -10,8 +10,9 @@ with ``B = 1/24``; the exact covariance is ``Σ(t) = Σ∞ − (Σ∞ − Σ0) e
 time. All estimators start from the same particles (same ``--seed``) and use the solver's
 default integrator (Heun, two score evaluations per step).
 
-Estimators: DiScoFormer with 0 test-time adaptation steps, DiScoFormer with 4 warm-started
-adaptation steps per call, Scott KDE, the blob method, and SBTM fitted first to the exact
+Estimators: DiScoFormer with 0 test-time adaptation steps, DiScoFormer with 2 warm-started
+adaptation steps per call, warm-started DiScoFormer with the moment projection
+(docs/moment_projection.md), Scott KDE, the blob method, and SBTM fitted first to the exact
 initial score ``−Σ0⁻¹v``. DiScoFormer rows are skipped (with a printed note) when no shipped
 weights exist for a dimension.
 
@@ -74,7 +75,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dims", type=int, nargs="+", default=[3, 10])
     parser.add_argument("--t-end", type=float, default=4.0)
-    parser.add_argument("--estimators", nargs="+", default=["discoformer-0", "discoformer-tta", "kde", "blob", "sbtm"],
+    parser.add_argument("--estimators", nargs="+", default=["discoformer-0", "discoformer-tta", "discoformer-proj", "kde", "blob", "sbtm"],
                         choices=[k for k in LABELS if k != "exact"])
     add_run_arguments(parser)
     args = parser.parse_args(argv)
