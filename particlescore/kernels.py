@@ -63,7 +63,7 @@ def _fast_exp2_impl(x):
         return impl32
     if isinstance(x, types.Float) and x.bitwidth == 64:
         def impl64(x):
-            ki = np.int64(x - 0.5)
+            ki = np.int32(x - 0.5)                        # int32: AVX2 converts f64 → i32 in vectors
             r = (x - np.float64(ki)) * _LN2
             p = 1.0 / 6227020800.0
             p = p * r + 1.0 / 479001600.0
@@ -78,7 +78,7 @@ def _fast_exp2_impl(x):
             p = p * r + 1.0 / 6.0
             p = p * r + 0.5
             p = p * r * r + r + 1.0
-            return p * np.int64((ki + np.int64(1023)) << np.int64(52)).view(np.float64)
+            return p * np.int64((np.int64(ki) + np.int64(1023)) << np.int64(52)).view(np.float64)
         return impl64
     return None
 
