@@ -388,9 +388,14 @@ class DiScoFormer(ScoreEstimator):
         idx = torch.randperm(n, generator=g)[: self.adapt_points]
         return ctx_w[:, idx]
 
-    def _adapt(self, enc: EncodedContext) -> None:
+    def _adapt(self, enc: EncodedContext) -> float:
+        """``adapt_steps`` Adam steps on the consistency loss at the adaptation queries; returns the
+        loss there afterwards. Never increases it: when the steps end higher than they started
+        (Adam overshooting, or the proximal pull), the parameters go back to where they started."""
         params = self.net.adaptable_parameters()
         qry_w = self._adaptation_queries(enc.ctx_w)
+        start = [p.detach().clone() for p in params]
+        before = float(self._consistency(enc, qry_w, create_graph=False).detach())
         for p in params:
             p.requires_grad_(True)
         optimizer = torch.optim.Adam(params, lr=self.adapt_lr)
@@ -410,6 +415,13 @@ class DiScoFormer(ScoreEstimator):
         finally:
             for p in params:
                 p.requires_grad_(False)
+        after = float(self._consistency(enc, qry_w, create_graph=False).detach())
+        if not after <= before:  # also catches NaN
+            with torch.no_grad():
+                for p, p_start in zip(params, start):
+                    p.copy_(p_start)
+            return before
+        return after
 
     def consistency_loss(self, context) -> float:
         """Label-free consistency ``mean_i ‖S_i − ∇_y T_i‖²`` at the context points (whitened
@@ -653,9 +665,7 @@ class DiScoFormer(ScoreEstimator):
         if self.adapt_steps > 0:
             if not self.warm_start:
                 self.reset()
-            self._adapt(enc)
-            self._last_consistency = float(self._consistency(enc, self._adaptation_queries(enc.ctx_w),
-                                                             create_graph=False).detach())
+            self._last_consistency = self._adapt(enc)
         with torch.no_grad():
             log_f, score = self.model.predict(enc, queries.to(self._model_dtype())[None])  # (1, m), (1, m, d)
         score = score[0].to(context.dtype)                                   # (m, d)

@@ -86,3 +86,18 @@ def test_projection_only_at_the_context_and_reachable_from_toml():
     assert est.moment_projection and est.describe()["moment_projection"]
     with pytest.raises(ValueError, match="moment_projection"):
         ps.DiScoFormer.pretrained(dim=2, moment_projection="yes")
+
+
+@pytest.mark.parametrize("lr", [1e-3, 1.0])
+def test_adaptation_never_increases_the_consistency_loss_at_the_adapted_points(lr):
+    """Test-time adaptation returns parameters whose consistency loss at the adaptation queries is
+    no higher than the pretrained one, also for a step size (1.0) at which Adam overshoots."""
+    problem = AnisotropicMaxwell(3)
+    for seed in range(2):
+        x = problem.initial_distribution().sample(120, generator=torch.Generator().manual_seed(seed))
+        est = ps.DiScoFormer.pretrained(dim=3, adapt_steps=3, adapt_lr=lr)
+        before = est.consistency_loss(x)                                     # pretrained parameters
+        est(x)
+        after = est.diagnostics()["consistency_loss"]
+        assert after <= before
+        assert after == pytest.approx(est.consistency_loss(x), rel=1e-5)     # it is the loss of the kept parameters
