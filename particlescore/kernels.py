@@ -21,7 +21,7 @@ from numba import types
 from numba.extending import overload
 
 __all__ = ["mollified_sums", "blob_score_sums", "fast_exp2", "LOG2E", "gaussian_sums", "bank_moments", "EXP_FLOOR", "kernel_constants",
-           "fused_available", "gaussian_sums_tensor"]
+           "fused_available", "gaussian_sums_tensor", "ordered_bits", "from_ordered_bits"]
 
 #: Lower clamp of the exponent in the Gaussian kernels, per dtype: ``e^floor`` is still a normal
 #: number (float32: e⁻⁸⁰ ≈ 1.8e-35; subnormal results run several times slower on x86) and
@@ -82,6 +82,36 @@ def _fast_exp2_impl(x):
         return impl64
     return None
 
+
+def ordered_bits(x):
+    """The bits of a float ``x ≥ 0`` as a signed integer of its width: monotone in ``x``, so a
+    minimum over them is an integer reduction, which LLVM vectorises (numba emits float
+    comparisons without fast-math flags, and float min/max reductions stay scalar)."""
+    return x
+
+
+def from_ordered_bits(i):
+    """Inverse of :func:`ordered_bits`."""
+    return i
+
+
+@overload(ordered_bits, inline="always")
+def _ordered_bits_impl(x):
+    if isinstance(x, types.Float) and x.bitwidth == 32:
+        return lambda x: np.float32(x).view(np.int32)
+    if isinstance(x, types.Float) and x.bitwidth == 64:
+        return lambda x: np.float64(x).view(np.int64)
+    return None
+
+
+@overload(from_ordered_bits, inline="always")
+def _from_ordered_bits_impl(i):
+    if isinstance(i, types.Integer) and i.bitwidth == 32:
+        return lambda i: np.int32(i).view(np.float32)
+    if isinstance(i, types.Integer) and i.bitwidth == 64:
+        return lambda i: np.int64(i).view(np.float64)
+    return None
+
 @numba.njit(parallel=True, cache=True)
 def mollified_sums(points: np.ndarray, centers: np.ndarray, eps: float) -> np.ndarray:
     """``out[p] = Σ_q φ_ε(points[p] − centers[q])`` with ``φ_ε(z) = exp(−|z|²/ε)/(πε)^{d/2}``."""
@@ -138,6 +168,54 @@ def kernel_constants(dtype) -> np.ndarray:
     return np.array([floor * LOG2E, 0.5 * LOG2E, math.exp(0.5 * floor), 0.0, 0.5, LOG2E], dtype=dtype)
 
 
+@numba.njit(inline="always", fastmath=True)
+def _gaussian_row3(queries_t, context_t, i, lo2, half_log2e, half, zero, lse, mean):
+    """:func:`gaussian_sums` for one query in d = 3: a max pass, then one fused pass that
+    recomputes the distances (no buffer; 3 loads per pair per pass)."""
+    x0, x1, x2 = context_t[0], context_t[1], context_t[2]
+    y0, y1, y2 = queries_t[0, i], queries_t[1, i], queries_t[2, i]
+    n = x0.shape[0]
+    a, b, c = y0 - x0[0], y1 - x1[0], y2 - x2[0]
+    low = ordered_bits(a * a + b * b + c * c)       # min_j |y − x_j|² (no ** 2: it promotes to float64)
+    for j in range(n):
+        a, b, c = y0 - x0[j], y1 - x1[j], y2 - x2[j]
+        low = min(low, ordered_bits(a * a + b * b + c * c))
+    tmax = -from_ordered_bits(low)
+    tot, m0, m1, m2 = zero, zero, zero, zero
+    for j in range(n):
+        a, b, c = y0 - x0[j], y1 - x1[j], y2 - x2[j]
+        e = fast_exp2(max(half_log2e * (-(a * a + b * b + c * c) - tmax), lo2))
+        tot += e
+        m0 += e * x0[j]
+        m1 += e * x1[j]
+        m2 += e * x2[j]
+    lse[i] = half * tmax + math.log(tot)
+    mean[i, 0], mean[i, 1], mean[i, 2] = m0 / tot, m1 / tot, m2 / tot
+
+
+@numba.njit(inline="always", fastmath=True)
+def _gaussian_row2(queries_t, context_t, i, lo2, half_log2e, half, zero, lse, mean):
+    """:func:`_gaussian_row3` for d = 2."""
+    x0, x1 = context_t[0], context_t[1]
+    y0, y1 = queries_t[0, i], queries_t[1, i]
+    n = x0.shape[0]
+    a, b = y0 - x0[0], y1 - x1[0]
+    low = ordered_bits(a * a + b * b)
+    for j in range(n):
+        a, b = y0 - x0[j], y1 - x1[j]
+        low = min(low, ordered_bits(a * a + b * b))
+    tmax = -from_ordered_bits(low)
+    tot, m0, m1 = zero, zero, zero
+    for j in range(n):
+        a, b = y0 - x0[j], y1 - x1[j]
+        e = fast_exp2(max(half_log2e * (-(a * a + b * b) - tmax), lo2))
+        tot += e
+        m0 += e * x0[j]
+        m1 += e * x1[j]
+    lse[i] = half * tmax + math.log(tot)
+    mean[i, 0], mean[i, 1] = m0 / tot, m1 / tot
+
+
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def gaussian_sums(queries_t: np.ndarray, context_t: np.ndarray, consts: np.ndarray):
     """Unit Gaussian kernel sums, fused: ``t_ij = −½|y_i − x_j|²``, ``M_i = max_j t_ij``,
@@ -145,7 +223,8 @@ def gaussian_sums(queries_t: np.ndarray, context_t: np.ndarray, consts: np.ndarr
 
     ``queries_t`` (d, m), ``context_t`` (d, n), coordinate-major, same float dtype; ``consts``:
     :func:`kernel_constants` of that dtype. Returns ``lse = M + log S`` (m,)
-    and ``mean`` (m, d) in that dtype. Memory O(n) per thread.
+    and ``mean`` (m, d) in that dtype. Memory O(n) per thread (none for d = 2, 3, which run
+    two fused passes per query; other d one pass per coordinate over a distance buffer).
     """
     d, m = queries_t.shape
     n = context_t.shape[1]
@@ -156,6 +235,12 @@ def gaussian_sums(queries_t: np.ndarray, context_t: np.ndarray, consts: np.ndarr
     for blk in numba.prange((m + block - 1) // block):
         t = np.empty(n, queries_t.dtype)
         for i in range(blk * block, min(m, (blk + 1) * block)):
+            if d == 3:
+                _gaussian_row3(queries_t, context_t, i, lo2, half_log2e, half, zero, lse, mean)
+                continue
+            if d == 2:
+                _gaussian_row2(queries_t, context_t, i, lo2, half_log2e, half, zero, lse, mean)
+                continue
             t[:] = 0
             for k in range(d):
                 yk = queries_t[k, i]
@@ -163,9 +248,10 @@ def gaussian_sums(queries_t: np.ndarray, context_t: np.ndarray, consts: np.ndarr
                 for j in range(n):
                     diff = yk - xk[j]
                     t[j] -= diff * diff
-            tmax = t[0]
+            low = ordered_bits(-t[0])
             for j in range(n):
-                tmax = max(tmax, t[j])
+                low = min(low, ordered_bits(-t[j]))
+            tmax = -from_ordered_bits(low)
             tot = zero
             for j in range(n):
                 e = fast_exp2(max(half_log2e * (t[j] - tmax), lo2))     # e^{½(t_j − T)}
@@ -230,9 +316,10 @@ def bank_moments(queries: np.ndarray, query_batch: np.ndarray, context_t: np.nda
                     diff = xk[j] - yk
                     zk[j] = diff
                     tv[j] -= half * diff * diff
-            tm = tv[0]
+            low = ordered_bits(-tv[0])
             for j in range(n):
-                tm = max(tm, tv[j])
+                low = min(low, ordered_bits(-tv[j]))
+            tm = -from_ordered_bits(low)
             tmax_out[i] = tm
             for j in range(n):
                 tv[j] -= tm
