@@ -267,6 +267,59 @@ def gaussian_sums(queries_t: np.ndarray, context_t: np.ndarray, consts: np.ndarr
     return lse, mean
 
 
+@numba.njit(inline="always", fastmath=True)
+def _bank_moments3(z0, z1, z2, kv, second, zero, s1, m2):
+    """``s1 = Σ k_j z_j``, and where ``second`` ``m2 = Σ k_j z_j z_jᵀ``, d = 3, one fused pass."""
+    a0, a1, a2 = zero, zero, zero
+    if second:
+        b00, b01, b02, b11, b12, b22 = zero, zero, zero, zero, zero, zero
+        for j in range(kv.shape[0]):
+            k, u, v, w = kv[j], z0[j], z1[j], z2[j]
+            ku, kv_, kw = k * u, k * v, k * w
+            a0 += ku
+            a1 += kv_
+            a2 += kw
+            b00 += ku * u
+            b01 += ku * v
+            b02 += ku * w
+            b11 += kv_ * v
+            b12 += kv_ * w
+            b22 += kw * w
+        m2[0, 0], m2[1, 1], m2[2, 2] = b00, b11, b22
+        m2[0, 1], m2[0, 2], m2[1, 2] = b01, b02, b12
+        m2[1, 0], m2[2, 0], m2[2, 1] = b01, b02, b12
+    else:
+        for j in range(kv.shape[0]):
+            k = kv[j]
+            a0 += k * z0[j]
+            a1 += k * z1[j]
+            a2 += k * z2[j]
+    s1[0], s1[1], s1[2] = a0, a1, a2
+
+
+@numba.njit(inline="always", fastmath=True)
+def _bank_moments2(z0, z1, kv, second, zero, s1, m2):
+    """:func:`_bank_moments3` for d = 2."""
+    a0, a1 = zero, zero
+    if second:
+        b00, b01, b11 = zero, zero, zero
+        for j in range(kv.shape[0]):
+            k, u, v = kv[j], z0[j], z1[j]
+            ku, kv_ = k * u, k * v
+            a0 += ku
+            a1 += kv_
+            b00 += ku * u
+            b01 += ku * v
+            b11 += kv_ * v
+        m2[0, 0], m2[0, 1], m2[1, 0], m2[1, 1] = b00, b01, b01, b11
+    else:
+        for j in range(kv.shape[0]):
+            k = kv[j]
+            a0 += k * z0[j]
+            a1 += k * z1[j]
+    s1[0], s1[1] = a0, a1
+
+
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def bank_moments(queries: np.ndarray, query_batch: np.ndarray, context_t: np.ndarray, offsets: np.ndarray,
                  inv_h2: np.ndarray, derived: np.ndarray, second: np.ndarray, consts: np.ndarray):
@@ -343,6 +396,12 @@ def bank_moments(queries: np.ndarray, query_batch: np.ndarray, context_t: np.nda
                         acc2 += e * e
                 s0[i, c] = acc0
                 s2[i, c] = acc2
+                if d == 3:
+                    _bank_moments3(z[0, :n], z[1, :n], z[2, :n], kv, second[c], zero, s1[i, c], m2[i, c])
+                    continue
+                if d == 2:
+                    _bank_moments2(z[0, :n], z[1, :n], kv, second[c], zero, s1[i, c], m2[i, c])
+                    continue
                 for k in range(d):
                     zk = z[k, :n]
                     acc = zero
