@@ -74,28 +74,6 @@ def kernel_bank(ctx: torch.Tensor, qry: torch.Tensor, kde_c: list[float], local_
     return _kernel_bank_fused(ctx, qry, kde_c, local_c, local_ridge, counts, mask)
 
 
-def _bandwidth_constants(c: float, counts: list[int], d: int, like: torch.Tensor):
-    """Per-element h (B,1), h² (B,1,1), 1/h² (B,1,1), log h² (B,1), d·log h² (B,1), ½d·log(2πh²) (B,1)."""
-    hs = [c * k ** (-1.0 / (d + 4)) for k in counts]                         # B bandwidths
-    return (_per_element(hs, like, 1), _per_element([x * x for x in hs], like, 2),
-            _per_element([1.0 / (x * x) for x in hs], like, 2), _per_element([math.log(x * x) for x in hs], like, 1),
-            _per_element([d * math.log(x * x) for x in hs], like, 1),
-            _per_element([0.5 * d * math.log(2 * math.pi * x * x) for x in hs], like, 1))
-
-
-def _local_gaussian(kde_log, shift, cov_raw, n_eff, h, h2, d_log_h2, log_h2, local_ridge, eye):
-    """Local-Gaussian score, log-density and descriptors from the kernel-weighted moments:
-    ``shift = m − y`` (B,m,d), ``cov_raw`` (B,m,d,d) the weighted covariance before shrinkage."""
-    d = shift.shape[-1]
-    shrink = (d / (n_eff + d))[..., None, None]                              # (B, m, 1, 1)
-    cov = (1 - shrink) * cov_raw + (shrink + local_ridge) * h2[..., None] * eye  # (B, m, d, d)
-    chol, _ = torch.linalg.cholesky_ex(cov)                                  # (B, m, d, d)
-    local_score = torch.cholesky_solve(shift[..., None], chol)[..., 0]       # (B, m, d) = C⁻¹(m − y)
-    log_det_cov = 2 * torch.log(chol.diagonal(dim1=-2, dim2=-1)).sum(-1)     # (B, m)
-    local_log = kde_log + 0.5 * (d_log_h2 - log_det_cov) - 0.5 * (shift * local_score).sum(-1)
-    return local_score, local_log, [torch.log(n_eff), shift.norm(dim=-1) / h, log_det_cov / d - log_h2]
-
-
 def _kernel_bank_fused(ctx, qry, kde_c, local_c, local_ridge, counts, mask):
     """:func:`kernel_bank` with the pair sums in :func:`particlescore.kernels.bank_moments`."""
     from . import kernels
@@ -137,27 +115,40 @@ def _kernel_bank_fused(ctx, qry, kde_c, local_c, local_ridge, counts, mask):
     s2 = torch.from_numpy(s2).view(B, m, -1)                                 # Σ k_j²
     s1 = torch.from_numpy(s1).view(B, m, -1, d)                              # Σ k_j (x_j − y)
     m2 = torch.from_numpy(m2).view(B, m, -1, d, d)                           # Σ k_j (x_j − y)(x_j − y)ᵀ
-    log_n = _per_element([math.log(k) for k in counts], ctx, 1)              # (B, 1)
-    scores, logdens, descs = [], [], []
-    for c, local in [(c, False) for c in kde_c] + [(c, True) for c in local_c]:
-        h, h2, inv_h2_c, log_h2, d_log_h2, log_norm = _bandwidth_constants(c, counts, d, ctx)
-        k = slot[c]
-        total = s0[..., k]                                                   # (B, m) ≥ 1
-        n_eff = total * total / s2[..., k]                                   # (B, m) Kish's effective size
-        kde_log = tmax * inv_h2_c[..., 0] + torch.log(total) - log_n - log_norm  # (B, m)
-        shift = s1[..., k, :] / total[..., None]                             # (B, m, d) = m − y
-        if not local:
-            scores.append(shift * inv_h2_c)                                  # (B, m, d) KDE score
-            logdens.append(kde_log)
-            descs += [torch.log(n_eff), shift.norm(dim=-1) / h, torch.zeros_like(n_eff)]
-            continue
-        cov = m2[..., k, :, :] / total[..., None, None] - shift[..., :, None] * shift[..., None, :]
-        local_score, local_log, desc = _local_gaussian(kde_log, shift, cov, n_eff, h, h2, d_log_h2, log_h2,
-                                                       local_ridge, eye)
-        scores.append(local_score)
-        logdens.append(local_log)
-        descs += desc
-    return torch.stack(scores, -2), torch.stack(logdens, -1), torch.stack(descs, -1)
+    # all K candidates at once: per-(element, candidate) constants as (B, 1, K) tensors
+    cs = list(kde_c) + list(local_c)
+    K, Kk = len(cs), len(kde_c)
+    idx = torch.tensor([slot[c] for c in cs])
+    hs = np.array([[c * k ** (-1.0 / (d + 4)) for c in cs] for k in counts])   # (B, K) float64
+
+    def per_bk(values):
+        return torch.from_numpy(np.asarray(values, dtype=np.float64)).to(ctx.dtype).view(B, 1, K)
+
+    h, h2, inv_h2_k = per_bk(hs), per_bk(hs * hs), per_bk(1.0 / (hs * hs))
+    log_h2, log_norm = per_bk(np.log(hs * hs)), per_bk(0.5 * d * np.log(2 * math.pi * hs * hs))
+    log_n = _per_element([math.log(k) for k in counts], ctx, 2)              # (B, 1, 1)
+    total = s0[..., idx]                                                     # (B, m, K) ≥ 1
+    n_eff = total * total / s2[..., idx]                                     # (B, m, K) Kish's effective size
+    kde_log = tmax[..., None] * inv_h2_k + torch.log(total) - log_n - log_norm  # (B, m, K)
+    shift = s1[:, :, idx, :] / total[..., None]                              # (B, m, K, d) = m − y
+    # KDE candidates
+    scores = [shift[:, :, :Kk] * inv_h2_k[..., :Kk, None]]                   # (B, m, Kk, d)
+    logdens = [kde_log[..., :Kk]]
+    third = [torch.zeros_like(n_eff[..., :Kk])]
+    # local Gaussians: C = Σk z zᵀ/Σk − (m − y)(m − y)ᵀ, shrunk towards h²I
+    sh_l, tot_l, ne_l = shift[:, :, Kk:], total[..., Kk:], n_eff[..., Kk:]
+    cov = m2[:, :, idx[Kk:]] / tot_l[..., None, None] - sh_l[..., :, None] * sh_l[..., None, :]  # (B, m, Kl, d, d)
+    shrink = (d / (ne_l + d))[..., None, None]
+    cov = (1 - shrink) * cov + (shrink + local_ridge) * h2[..., Kk:, None, None] * eye
+    chol, _ = torch.linalg.cholesky_ex(cov)
+    local_score = torch.cholesky_solve(sh_l[..., None], chol)[..., 0]        # (B, m, Kl, d) = C⁻¹(m − y)
+    log_det_cov = 2 * torch.log(chol.diagonal(dim1=-2, dim2=-1)).sum(-1)     # (B, m, Kl)
+    local_log = kde_log[..., Kk:] + 0.5 * (d * log_h2[..., Kk:] - log_det_cov) - 0.5 * (sh_l * local_score).sum(-1)
+    scores.append(local_score)
+    logdens.append(local_log)
+    third.append(log_det_cov / d - log_h2[..., Kk:])
+    desc = torch.stack([torch.log(n_eff), shift.norm(dim=-1) / h, torch.cat(third, -1)], -1)  # (B, m, K, 3)
+    return torch.cat(scores, -2), torch.cat(logdens, -1), desc.reshape(B, m, K * N_DESCRIPTORS)
 
 
 def kernel_bank_torch(ctx: torch.Tensor, qry: torch.Tensor, kde_c: list[float], local_c: list[float],
