@@ -10,9 +10,8 @@ velocity (Carrillo, Hu, Wang & Wu, J. Comput. Phys. X 2020, eq. (2.6); Ilin, Hu 
 
 is summed pair by pair in O(N·d) memory (no pair tensor); particles of different cells never
 interact. This is the formula of :mod:`particlescore.landau_kernels` applied per cell (the
-tests check them against each other). The pair term is odd under ``i ↔ j`` and computed from
-negated operands, so it cancels bitwise in exact pairs: each cell's momentum ``Σ_i U_i`` is zero
-up to summation round-off.
+tests check them against each other). The pair term is odd under ``i ↔ j``, so each cell's
+momentum ``Σ_i U_i`` is zero up to summation round-off.
 
 * :func:`cell_landau_velocity`: full pair sums, O(Σ_c n_c²·d) time.
 * :func:`cell_landau_velocity_random_batch`: random batch method (Jin, Li & Liu, J. Comput.
@@ -26,6 +25,8 @@ import math
 
 import numba
 import numpy as np
+
+from . import landau_kernels
 
 __all__ = ["cell_landau_velocity", "cell_landau_velocity_random_batch", "cell_landau_velocity_maxwell"]
 
@@ -57,25 +58,51 @@ def _add_pair(v, s, i, j, d, gamma, delta2, acc):
         acc[k] += w * (r2 * (s[i, k] - s[j, k]) - (v[i, k] - v[j, k]) * zu)
 
 
-@numba.njit(parallel=True, cache=True)
 def cell_landau_velocity(v, s, offsets, cell_of, gamma, B, delta):
-    """Full per-cell pair sums. ``delta`` (C,) is each cell's regularisation δ_c; returns (N, d)."""
+    """Full per-cell pair sums. ``delta`` (C,) is each cell's regularisation δ_c; returns (N, d).
+
+    The row sums over a cell are :mod:`particlescore.landau_kernels`' vectorised ones
+    (``_pair_sums_row2``/``3`` for d = 2, 3, one fused pass over j with the operands in
+    registers; the general loop otherwise) applied to the cell's coordinate-major slice, in
+    blocks of 16 rows per thread with O(n_max) buffers. Measured at 10⁵ particles on 64 cells
+    (156·10⁶ pairs), γ = −3, one thread, load average 4 on 2 cores: 6.7 s with the scalar pair
+    loop (:func:`_add_pair`), 2.6 s vectorised."""
     n_total, d = v.shape
+    if n_total == 0:
+        return np.zeros((0, d))
+    return _cell_rows(np.ascontiguousarray(v.T), np.ascontiguousarray(s.T), v, s, offsets, cell_of,
+                      float(gamma), float(B), np.asarray(delta, dtype=np.float64))
+
+
+@numba.njit(parallel=True, fastmath=landau_kernels._FAST, cache=True)
+def _cell_rows(vt, st, v, s, offsets, cell_of, gamma, B, delta):
+    d, n_total = vt.shape
     out = np.zeros((n_total, d))
-    for i in numba.prange(n_total):
-        c = cell_of[i]
-        start, stop = offsets[c], offsets[c + 1]
-        n = stop - start
-        if n < 2:
-            continue
-        delta2 = delta[c] * delta[c]
-        acc = np.zeros(d)
-        for j in range(start, stop):
-            if j != i:
-                _add_pair(v, s, i, j, d, gamma, delta2, acc)
-        scale = -B / n
-        for k in range(d):
-            out[i, k] = scale * acc[k]
+    nmax = 0
+    for c in range(offsets.shape[0] - 1):
+        nmax = max(nmax, offsets[c + 1] - offsets[c])
+    block = 16
+    for blk in numba.prange((n_total + block - 1) // block):
+        buf = np.empty(nmax)
+        zu = np.empty(nmax)
+        acc = np.empty(d)
+        for i in range(blk * block, min(n_total, (blk + 1) * block)):
+            c = cell_of[i]
+            start, stop = offsets[c], offsets[c + 1]
+            n = stop - start
+            if n < 2:
+                continue
+            delta2 = delta[c] * delta[c]
+            vc, sc = vt[:, start:stop], st[:, start:stop]
+            if d == 2:
+                landau_kernels._pair_sums_row2(vc, sc, v[i], s[i], 0, n, gamma, delta2, buf, acc)
+            elif d == 3:
+                landau_kernels._pair_sums_row3(vc, sc, v[i], s[i], 0, n, gamma, delta2, buf, acc)
+            else:
+                landau_kernels._pair_sums_row(vc, sc, v[i], s[i], 0, n, gamma, delta2, buf, zu, acc)
+            scale = -B / n
+            for k in range(d):
+                out[i, k] = scale * acc[k]
     return out
 
 
