@@ -230,6 +230,11 @@ def test_bad_configurations_are_rejected():
         pic.config_from_dict({"dim": 1})
     with pytest.raises(ValueError, match="estimator"):
         pic.config_from_dict({"collisions": {"estimator": "sbtm-please"}})
+    with pytest.raises(ValueError, match="warm_start needs estimator = 'discoformer'"):
+        pic.config_from_dict({"collisions": {"estimator": "kde", "warm_start": True}})
+    with pytest.raises(ValueError, match="warm_start must be true or false"):
+        pic.config_from_dict({"collisions": {"warm_start": "yes"}})
+    assert pic.config_from_dict({"collisions": {"warm_start": True}}).collisions.warm_start
     with pytest.raises(ValueError, match="multiple of 4"):
         pic.config_from_dict({"n_particles": 1002, "initial": {"kind": "two_stream"}})
     with pytest.raises(ValueError, match=r"\|α\| < 1"):
