@@ -450,7 +450,8 @@ class DiScoFormer(ScoreEstimator):
         Warm-started cells (``state``): a dict the caller keeps between calls (start with ``{}``;
         it is updated in place and holds only tensors, so it can be saved and restored) carries
         each cell's last mixture fit, in that cell's whitening frame, under the cell's id
-        ``cells[c]`` (non-negative ints, default ``0…C−1``). A cell with a fit is refined by
+        ``cells[c]`` (non-negative ints, default ``0…C−1``; the state has a row per id up to the
+        largest, so use small ids such as grid cell indices). A cell with a fit is refined by
         ``warm_iters`` EM steps from its last fit carried into the new frame, exactly as the
         single-context warm start (module docstring, "Warm start"); the split/BIC search reruns
         for cells without a fit, when a cell's fit has aged ``refit_every`` calls, or when its
