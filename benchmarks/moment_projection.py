@@ -8,7 +8,7 @@ rate dΣ11/dt of the particle system, divided by the exact moment ODE's rate
 DiScoFormer, Scott KDE, each with and without :func:`particlescore.stein.project_score`; and each
 score's relative MSE against the exact score.
 Part 2 (the time loop, Heun, dt = 0.01, seed 0): max_t|ΔΣ11| against the exact Σ(t) from Σ0,
-max_t,kl|ΔΣkl| against the exact curve from the particles' Σ̂(0), |Σ11(t_end) − Σ∞,11| and
+max_t|ΔΣ11| and max_t,kl|ΔΣkl| against the exact curve from the particles' Σ̂(0), |Σ11(t_end) − 1| and
 ms per step, for warm-started DiScoFormer with and without ``moment_projection``.
 Writes ``results/moment_projection.md``.
 """
@@ -59,8 +59,8 @@ def rate_table(dim: int, draws: int, n: int) -> list[str]:
 def trajectory_table(dim: int, n: int, dt: float, t_end: float) -> list[str]:
     problem = AnisotropicMaxwell(dim)
     lines = [f"### d = {dim}: the time loop, n = {n}, Heun, dt = {dt}, t ∈ [0, {t_end}], seed 0", "",
-             "| estimator | max_t \\|ΔΣ11\\| vs exact from Σ0 | max_t,kl \\|ΔΣkl\\| vs exact from Σ̂(0) "
-             "| \\|Σ11(t_end) − Σ∞,11\\| | ms / step |", "|---|---|---|---|---|"]
+             "| estimator | max_t \\|ΔΣ11\\| vs exact from Σ0 | max_t \\|ΔΣ11\\| vs exact from Σ̂(0) "
+             "| max_t,kl \\|ΔΣkl\\| vs exact from Σ̂(0) | \\|Σ11(t_end) − 1\\| | ms / step |", "|---|---|---|---|---|---|"]
     for label, projection in (("DiScoFormer warm", False), ("DiScoFormer warm + moment projection", True)):
         est = ps.DiScoFormer.pretrained(dim=dim, warm_start=True, moment_projection=projection)
         start = time.perf_counter()
@@ -72,7 +72,7 @@ def trajectory_table(dim: int, n: int, dt: float, t_end: float) -> list[str]:
         equilibrium = np.trace(cov[0]) / dim * np.eye(dim)
         from_hat = np.stack([equilibrium - (equilibrium - cov[0]) * np.exp(-4 * dim * problem.B * t) for t in times])
         lines.append(f"| {label} | {np.abs(cov[:, 0, 0] - exact[:, 0, 0]).max():.3e} | "
-                     f"{np.abs(cov - from_hat).max():.3e} | {abs(cov[-1, 0, 0] - 1.0):.3e} | {1e3 * per_step:.0f} |")
+                     f"{np.abs(cov[:, 0, 0] - from_hat[:, 0, 0]).max():.3e} | {np.abs(cov - from_hat).max():.3e} | {abs(cov[-1, 0, 0] - 1.0):.3e} | {1e3 * per_step:.0f} |")
         print(lines[-1], flush=True)
     return lines + [""]
 
