@@ -7,7 +7,10 @@
    ``math.exp``, ``torch.exp``; float32 and float64), the ``(q·√q)⁻¹`` of the Coulomb weight,
    and multiply-add throughput: the peak (matmul) and, for reference, the form the kernels'
    reductions take (``acc += a_j·b_j`` over L1-resident arrays, 2 loads per multiply-add).
-2. For each kernel, the pairs/s the roofline allows: ``1 / (E/R_exp + F/R_fma)`` with ``E``
+   The Coulomb weight's rate is the faster of the Landau kernel's own weight loop run alone and
+   ``torch.rsqrt`` (one inverse square root; the cube is two multiplies).
+2. For each kernel, the pairs/s the roofline allows: ``1 / (E/R_exp + F/R_fma)`` (Coulomb
+   weight: ``1 / max(E/R_w, F/R_fma)``, see :func:`allowed`) with ``E``
    exps (or Coulomb weights) and ``F`` multiply-adds per pair of that kernel's algorithm
    (counted below; subtractions, clamps and maxima are not counted, so the roofline is
    optimistic and the fractions conservative), ``R_exp`` the fastest exp measured for the
@@ -76,12 +79,14 @@ def _exp_libm(x, reps):
 
 
 @numba.njit(fastmath={"reassoc", "contract", "nsz", "arcp"})
-def _coulomb_weight(x, reps):
-    acc = 0.0
+def _coulomb_weight(x, out, reps):
+    """``(q + δ²)^{-3/2}`` in place over a buffer by the Landau kernel's own weight loop
+    (:func:`particlescore.landau_kernels._weights_inplace`, vectorised there; a bare
+    ``1/(q·√q)`` loop stays scalar under LLVM's cost model on this CPU), after a copy of the input."""
     for _ in range(reps):
-        for j in range(x.size):
-            acc += 1.0 / (x[j] * math.sqrt(x[j]))
-    return acc
+        out[:] = x
+        landau_kernels._weights_inplace(out, 0, out.size, -3.0, 1e-6)
+    return out[0]
 
 
 @numba.njit(fastmath=True)
@@ -113,8 +118,12 @@ def roofline_primitives():
         o = torch.empty_like(xt)
         out[f"exp torch {name}"] = xt.numel() * 200 / best(lambda: [torch.exp(xt, out=o) for _ in range(200)])
     q = np.linspace(0.1, 10.0, size)
-    _coulomb_weight(q, 1)
-    out["coulomb weight f64"] = size * reps / best(lambda: _coulomb_weight(q, reps))
+    w = np.empty_like(q)
+    _coulomb_weight(q, w, 1)
+    out["coulomb weight numba f64"] = size * reps / best(lambda: _coulomb_weight(q, w, reps))
+    qt = torch.from_numpy(np.linspace(0.1, 10.0, 1 << 16))
+    ot = torch.empty_like(qt)
+    out["coulomb weight (torch.rsqrt) f64"] = qt.numel() * 200 / best(lambda: [torch.rsqrt(qt, out=ot) for _ in range(200)])
     return out
 
 
@@ -131,10 +140,14 @@ def bank_counts(d):
 
 
 def allowed(rates, exps, fma, dtype, exp_name="exp"):
-    """Pairs/s the roofline allows: ``1 / (E/R_exp + F/R_fma)``, with ``R_exp`` the fastest exp
-    measured for ``dtype`` (or the Coulomb weight) and ``R_fma`` the multiply-add peak (matmul)."""
+    """Pairs/s the roofline allows, with ``R_exp`` the fastest measured exp for ``dtype`` (or
+    Coulomb weight) and ``R_fma`` the multiply-add peak (matmul): ``1 / (E/R_exp + F/R_fma)``
+    for exp (its polynomial runs on the multiply-add ports), ``1 / max(E/R_w, F/R_fma)`` for
+    the Coulomb weight (square root and division run on the divider, beside the FMA ports)."""
     r_exp = max(v for k, v in rates.items() if k.startswith(exp_name) and k.endswith(dtype))
     r_fma = rates[f"multiply-add peak (torch.mm 1024³) {dtype}"]
+    if exp_name == "coulomb weight":
+        return 1.0 / max(exps / r_exp, fma / r_fma)
     return 1.0 / (exps / r_exp + fma / r_fma)
 
 
