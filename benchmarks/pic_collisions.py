@@ -291,7 +291,7 @@ def main(argv=None) -> int:
     parser.add_argument("--scale-n", type=int, default=100000)
     parser.add_argument("--scale-steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--scale-threads", type=int, nargs="+", default=[1],
+    parser.add_argument("--scale-threads", type=int, nargs="+", default=[1, 2],
                         help="thread counts of the warm rows of --part scale")
     args = parser.parse_args(argv)
     print(f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, threads={args.threads}", flush=True)
