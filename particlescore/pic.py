@@ -239,7 +239,7 @@ def make_collisions(cfg: CollisionConfig, dim: int, seed: int) -> LandauCollisio
     from .estimators import KDE, Blob
 
     if cfg.estimator == "discoformer":
-        est = DiScoFormer.pretrained(dim=dim)          # no warm start: cells are independent contexts
+        est = DiScoFormer.pretrained(dim=dim)          # cells' warm fits live in the operator (warm_start)
     elif cfg.estimator == "kde":
         est = KDE(bandwidth=cfg.bandwidth)
     else:
