@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 __all__ = ["as_particles", "as_queries", "check_min_particles", "check_int", "check_float", "check_type",
-           "seeded_generator"]
+           "seeded_generator", "seeded_numpy_generator"]
 
 
 def _first_bad_index(x: torch.Tensor) -> tuple[int, ...]:
@@ -114,11 +114,21 @@ def check_min_particles(x: torch.Tensor, minimum: int, why: str) -> None:
         raise ValueError(f"need at least {minimum} particles {why}, got {x.shape[0]} (context shape {tuple(x.shape)})")
 
 
+def _seed_sequence(keys: tuple, who: str) -> np.random.SeedSequence:
+    if not keys or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0 for k in keys):
+        raise ValueError(f"{who} needs non-negative int keys, got {keys!r}")
+    return np.random.SeedSequence([int(k) for k in keys])
+
+
 def seeded_generator(*keys: int) -> torch.Generator:
     """A ``torch.Generator`` seeded from integer ``keys`` (e.g. ``(seed, step)``) through
     ``numpy.random.SeedSequence``: the same keys replay the same draws (a resumed run sees the
     draws of an uninterrupted one), different keys give independent streams."""
-    if not keys or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0 for k in keys):
-        raise ValueError(f"seeded_generator needs non-negative int keys, got {keys!r}")
-    words = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
+    words = _seed_sequence(keys, "seeded_generator").generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed((int(words[0]) << 31) ^ int(words[1]))    # < 2^63
+
+
+def seeded_numpy_generator(*keys: int) -> np.random.Generator:
+    """The numpy counterpart of :func:`seeded_generator` (same keys, same ``SeedSequence``), for
+    code that draws with numpy (the PIC's collision random batches)."""
+    return np.random.default_rng(_seed_sequence(keys, "seeded_numpy_generator"))

@@ -55,6 +55,7 @@ from scipy.special import ndtri, wofz
 
 from . import runtime
 from . import trajectory as _trajectory
+from ._validation import seeded_numpy_generator
 from ._version import __version__
 from .collisions import LandauCollisions, cell_moments
 
@@ -547,8 +548,9 @@ class PICResult:
 
 def step_generator(seed: int, step: int) -> np.random.Generator:
     """The generator of step ``step``'s random draws (random batches): seeded by (seed, step),
-    so a resumed run draws exactly what the uninterrupted run drew."""
-    return np.random.default_rng([seed, step, 0x5EED])
+    so a resumed run draws exactly what the uninterrupted run drew (the project's one seeding
+    helper; the third key keeps the stream apart from the solver's ``(seed, step)``)."""
+    return seeded_numpy_generator(seed, step, 0x5EED)
 
 
 def run(cfg: PICConfig, out=None, *, overwrite: bool = False, resume: bool = False,

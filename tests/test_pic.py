@@ -271,3 +271,12 @@ def test_shipped_pic_configurations_validate(name):
     assert path.read_text().startswith("#")           # comment header says what it shows
     cfg = pic.config_from_dict(tomllib.loads(path.read_text())["pic"])
     assert cfg.dim in (2, 3) and cfg.n_steps >= 10
+
+
+def test_pic_draws_through_the_one_seeding_helper():
+    from particlescore._validation import seeded_numpy_generator
+    from particlescore.pic import step_generator
+    np.testing.assert_array_equal(step_generator(3, 7).random(4), seeded_numpy_generator(3, 7, 0x5EED).random(4))
+    assert not np.array_equal(step_generator(3, 7).random(4), step_generator(3, 8).random(4))
+    with pytest.raises(ValueError, match="non-negative int keys"):
+        seeded_numpy_generator(-1)
