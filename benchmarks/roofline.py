@@ -205,8 +205,9 @@ def main(argv=None):
     emit("# Classical kernels against a measured roofline (issue 8 item 3)")
     emit()
     cli = " ".join(sys.argv[1:] if argv is None else argv)
-    emit(f"Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} NUMBA_NUM_THREADS="
-         f"{os.environ.get('NUMBA_NUM_THREADS', '')} python benchmarks/{Path(__file__).name} {cli}`".replace(" `", "`"))
+    command = (f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} NUMBA_NUM_THREADS="
+               f"{os.environ.get('NUMBA_NUM_THREADS', '')} python benchmarks/{Path(__file__).name} {cli}").strip()
+    emit(f"Command: `{command}`")
     emit(f"Threads: numba {numba.get_num_threads()}, torch {torch.get_num_threads()}; cpu count {os.cpu_count()}; "
          f"{platform.processor() or platform.machine()}; numba {numba.__version__}, torch {torch.__version__}")
     emit(f"Load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (the machine is shared; "
