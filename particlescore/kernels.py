@@ -320,7 +320,12 @@ def _bank_moments2(z0, z1, kv, second, zero, s1, m2):
     s1[0], s1[1] = a0, a1
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
+# Serial on purpose: with parallel=True, numba optimises freshly compiled and cache-loaded code
+# differently (numba issue #10617), and the fast-math reductions then differ in round-off between
+# the process that compiled the kernel and every later one, which broke bitwise resume (measured:
+# DiScoFormer scores differed by ~1e-15, trajectories by 1e-8 after four steps). Serial code is
+# identical either way (tests/test_kernels.py checks a fresh compile against the cache).
+@numba.njit(fastmath=True, cache=True)
 def bank_moments(queries: np.ndarray, query_batch: np.ndarray, context_t: np.ndarray, offsets: np.ndarray,
                  inv_h2: np.ndarray, derived: np.ndarray, second: np.ndarray, consts: np.ndarray):
     """Kernel-weighted moments of the context around each query at several bandwidths, fused.
@@ -337,7 +342,7 @@ def bank_moments(queries: np.ndarray, query_batch: np.ndarray, context_t: np.nda
     2), so ``k = exp(4a) = max(k_{c−1}², e^{floor/2})²`` — exact squaring instead of an exp,
     with the same clamp (``e^{4a}`` falls below ``e^floor`` exactly when ``e^{2a}`` falls below
     ``e^{floor/2}``). ``consts``: :func:`kernel_constants`. All in the input dtype; memory
-    O(d·n) per thread.
+    O(d·n).
     """
     M, d = queries.shape
     C = inv_h2.shape[1]
@@ -351,7 +356,7 @@ def bank_moments(queries: np.ndarray, query_batch: np.ndarray, context_t: np.nda
     s1 = np.empty((M, C, d), queries.dtype)
     m2 = np.zeros((M, C, d, d), queries.dtype)
     block = 16
-    for blk in numba.prange((M + block - 1) // block):
+    for blk in range((M + block - 1) // block):
         z = np.empty((d, nmax), queries.dtype)
         t = np.empty(nmax, queries.dtype)
         kern = np.empty(nmax, queries.dtype)

@@ -2,6 +2,8 @@
 references: float64 direct sums in numpy/torch, and the torch kernel bank."""
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
 import pytest
@@ -155,3 +157,27 @@ def test_landau_velocity_matches_torch_reference(gamma, delta):
     # up to 1e6 for γ = −3, δ = 0, hence the margin
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-11 * scale)
     assert np.abs(out.sum(0)).max() < 1e-11 * scale * len(v)  # momentum conserved to round-off
+
+
+def test_bank_kernel_gives_the_same_bits_freshly_compiled_and_loaded_from_the_cache(tmp_path):
+    """Bitwise resume needs every process to compute the same bits; the first process compiles
+    the kernel, later ones load it from numba's cache (a parallel=True build differed at 1e-15)."""
+    import hashlib
+    import subprocess
+    import sys
+    script = (
+        "import hashlib, torch\n"
+        "from particlescore import candidates\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "out = []\n"
+        "for dt in (torch.float32, torch.float64):\n"
+        "    ctx = torch.randn(1, 64, 3, generator=g).to(dt); q = torch.randn(1, 40, 3, generator=g).to(dt)\n"
+        "    with torch.no_grad():\n"
+        "        out += candidates.kernel_bank(ctx, q, [0.5, 0.71, 1.0, 1.41, 2.0], [1.41, 2.0, 2.83, 4.0, 5.66], 1e-3)\n"
+        "print(hashlib.md5(b''.join(o.numpy().tobytes() for o in out)).hexdigest())\n")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+            for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr + runs[1].stderr
+    assert "compiling" in runs[0].stderr and "compiling" not in runs[1].stderr   # fresh, then cached
+    assert runs[0].stdout.split()[-1] == runs[1].stdout.split()[-1]
