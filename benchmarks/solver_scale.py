@@ -49,11 +49,11 @@ def make_problem(key: str):
     return BKWProblem(2) if key == "bkw_d2" else AnisotropicMaxwell(3)
 
 
-def make_method(key: str, problem, max_context: int | None):
+def make_method(key: str, problem, max_context: int | None, device: str = "cpu"):
     import particlescore as ps
     from particlescore.sbtm import SBTM
     if key == "discoformer":
-        return ps.DiScoFormer.pretrained(dim=problem.dim, warm_start=True, max_context=max_context)
+        return ps.DiScoFormer.pretrained(dim=problem.dim, warm_start=True, max_context=max_context).to(device)
     if key == "kde":
         return ps.KDE("scott")
     if key == "blob":
@@ -64,39 +64,48 @@ def make_method(key: str, problem, max_context: int | None):
     raise ValueError(key)
 
 
-def worker(problem_key: str, method_key: str, n: int, steps: int, max_context: int | None) -> dict:
-    """One measurement; returns plain data (printed as JSON by ``--worker``)."""
+def worker(problem_key: str, method_key: str, n: int, steps: int, max_context: int | None,
+           device: str = "cpu") -> dict:
+    """One measurement; returns plain data (printed as JSON by ``--worker``). On ``device="cuda"``
+    the particles, the estimator and the Landau sums (torch path) live on the GPU and the peak is
+    torch's peak GPU allocation."""
     import particlescore as ps
     from particlescore.solver import Euler, Heun
     torch.set_num_threads(1)
     problem = make_problem(problem_key)
-    est = make_method(method_key, problem, max_context)
+    est = make_method(method_key, problem, max_context, device)
     integrator = Euler() if PROBLEMS[problem_key][2] == "euler" else Heun()
     g = torch.Generator().manual_seed(0)
     x = problem.initial_state(n, generator=g)
+    exact0 = problem.initial_distribution().score(x)
+    x = x.to(device)
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
     t = problem.t0
     rss_setup = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def score_fn(_t, y):
         return est(y)[1]
 
-    exact0 = problem.initial_distribution().score(x)
     first = score_fn(t, x)
-    err0 = float(ps.relative_score_mse(first, exact0))
+    err0 = float(ps.relative_score_mse(first.cpu(), exact0))
     x = integrator.step(problem.physics, t, x, DT, score_fn, score=first)   # untimed step
     t += DT
+    sync()
     t_start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(steps):
         x = integrator.step(problem.physics, t, x, DT, score_fn)
         t += DT
+    sync()
     per_step = (time.perf_counter() - t_start) / steps
     cpu_per_step = (time.process_time() - cpu_start) / steps   # one thread: robust to other jobs' load
     err_end = math.nan
     exact = problem.exact_distribution(t)
     if exact is not None:
-        err_end = float(ps.relative_score_mse(score_fn(t, x), exact.score(x)))
+        err_end = float(ps.relative_score_mse(score_fn(t, x).cpu(), exact.score(x.cpu())))
+    peak = (torch.cuda.max_memory_allocated() / 2 ** 20 if x.device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {"problem": problem_key, "method": method_key, "n": n, "step_s": per_step, "cpu_s": cpu_per_step,
-            "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "setup_mib": rss_setup,
+            "peak_mib": peak, "setup_mib": rss_setup,
             "err_t0": err0, "err_end": err_end, "t_end": t}
 
 
@@ -119,7 +128,8 @@ def write_report(rows: list[dict], notes: list[str], args, command: str, seconds
     lines = ["# Solver scale: per-step wall time, peak memory, score error vs n", "",
              f"`{command}` "
              f"(single thread per process, {args.steps} timed steps after one untimed step, dt = {DT}; "
-             f"DiScoFormer warm-started, max_context = {args.max_context}; total {seconds:.0f} s; load average {' / '.join(f'{v:.1f}' for v in os.getloadavg())} at the end, on 2 cores shared with other jobs).",
+             f"DiScoFormer warm-started, max_context = {args.max_context}; device {args.device}"
+             f"{' (' + torch.cuda.get_device_name() + '; peak = peak GPU allocation)' if args.device == 'cuda' else ''}; total {seconds:.0f} s; load average {' / '.join(f'{v:.1f}' for v in os.getloadavg())} at the end, on 2 cores shared with other jobs).",
              "Peak = the worker process's peak RSS (Python + torch + everything). err(t0): first call, exact "
              "initial law (SBTM is fitted to the exact initial score before it, so its err(t0) is not an "
              "estimate); err(end): BKW after the timed steps (warm).", ""]
@@ -176,11 +186,12 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=2, help="timed steps per measurement")
     parser.add_argument("--max-context", type=int, default=2048, help="DiScoFormer's bounded context")
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (peak = torch's peak GPU allocation)")
     parser.add_argument("--worker", nargs=3, metavar=("PROBLEM", "METHOD", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         p, m, n = args.worker
-        print("RESULT " + json.dumps(worker(p, m, int(n), args.steps, args.max_context)))
+        print("RESULT " + json.dumps(worker(p, m, int(n), args.steps, args.max_context, args.device)))
         return 0
 
     env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
@@ -197,7 +208,7 @@ def main(argv=None):
                                  f"{GROWTH[method]:.0f} > time box {args.time_box:.0f} s)")
                     break
                 cmd = [sys.executable, __file__, "--worker", pkey, method, str(n), "--steps", str(args.steps),
-                       "--max-context", str(args.max_context)]
+                       "--max-context", str(args.max_context), "--device", args.device]
                 try:
                     out = subprocess.run(cmd, capture_output=True, text=True, env=env,
                                          timeout=60 + (args.steps + 3) * 4 * args.time_box)
