@@ -153,17 +153,8 @@ def _kernel_bank_fused(ctx, qry, kde_c, local_c, local_ridge, counts, mask):
 
 def kernel_bank_torch(ctx: torch.Tensor, qry: torch.Tensor, kde_c: list[float], local_c: list[float],
                 local_ridge: float, counts: list[int] | None = None, mask: torch.Tensor | None = None):
-    """KDE and local-Gaussian estimates at several bandwidths, in whitened coordinates.
-
-    ctx (B,n,d), qry (B,m,d); bandwidths ``h = c·n_b^{-1/(d+4)}`` for ``c`` in ``kde_c`` then
-    ``local_c`` (K = their total), with ``n_b`` the context size of batch element b (``counts``;
-    default n). ``mask`` (B,n) marks the valid context points of a padded batch.
-    Returns candidate scores (B,m,K,d), candidate log-densities (B,m,K) and descriptors
-    (B,m,K·N_DESCRIPTORS). The local fit's covariance is shrunk towards ``h²I`` (the flat-density
-    limit, where it equals KDE) with weight ``d/(N_eff + d)``.
-
-    Plain torch, differentiable (also twice), any device; (B, m, n) temporaries.
-    """
+    """:func:`kernel_bank` (same arguments and outputs) in plain torch: differentiable (also
+    twice), any device; (B, m, n) temporaries."""
     B, n, d = ctx.shape
     m = qry.shape[1]
     counts = [n] * B if counts is None else counts
@@ -361,27 +352,25 @@ def reframe_mixture(mix: Mixture, A: torch.Tensor, b: torch.Tensor) -> Mixture:
 
 
 @torch.no_grad()
-def refit_mixture(x: torch.Tensor, mix: Mixture, iters: int, shrink: float,
-                  ridge: float) -> tuple[Mixture, torch.Tensor, torch.Tensor]:
+def refit_mixture(x: torch.Tensor, mix: Mixture, iters: int, shrink: float, ridge: float,
+                  mask: torch.Tensor | None = None) -> tuple[Mixture, torch.Tensor]:
     """Warm start: ``iters`` EM steps on ``x`` (B,n,d) from ``mix`` (its padding stays padding).
-    Returns the mixture and the log-likelihood gains per point over the sample Gaussian
-    ``(ℓ_K − ℓ_1)/n`` (B,) of the start and of the result (float64)."""
+    ``mask`` (B,n) marks the points of a padded batch (default: every row). Returns the mixture
+    and its log-likelihood gain per point over the sample Gaussian ``(ℓ_K − ℓ_1)/n_b`` (B,)
+    (float64)."""
     dtype, x = mix.mean.dtype, x.double()
-    B, n, d = x.shape
+    omega = None if mask is None else mask.to(torch.float64)                 # (B, n)
     used = torch.isfinite(mix.log_weight)                                    # (B, K)
     mix = Mixture(mix.log_weight.double(), mix.mean.double(), mix.chol.double())
-    one = fit_mixture(x, 1, 0, shrink, ridge)                                # the sample Gaussian
-    base = _log_likelihood(x, Mixture(one.log_weight.double(), one.mean.double(), one.chol.double()))
-    start = (_log_likelihood(x, mix) - base) / n
+    one = fit_mixture(x, 1, 0, shrink, ridge, mask)                          # the sample Gaussian
+    base = _log_likelihood(x, Mixture(one.log_weight.double(), one.mean.double(), one.chol.double()), omega)
     if iters:
-        mix, loglik = _em(x, mix, iters, shrink, ridge)
+        mix, _ = _em(x, mix, iters, shrink, ridge, omega)
         # padding must stay padding (EM gives an empty component weight log 1e-10/n, not −inf)
         mix = Mixture(torch.where(used, mix.log_weight, -math.inf), mix.mean, mix.chol)
-        loglik = _log_likelihood(x, mix)
-    else:
-        loglik = start * n + base
-    gain = (loglik - base) / n
-    return Mixture(mix.log_weight.to(dtype), mix.mean.to(dtype), mix.chol.to(dtype)), start, gain
+    points = x.shape[1] if omega is None else omega.sum(-1)
+    gain = (_log_likelihood(x, mix, omega) - base) / points
+    return Mixture(mix.log_weight.to(dtype), mix.mean.to(dtype), mix.chol.to(dtype)), gain
 
 
 def mixture_candidate(mix: Mixture, qry: torch.Tensor):

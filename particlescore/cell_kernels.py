@@ -21,41 +21,12 @@ momentum ``Σ_i U_i`` is zero up to summation round-off.
 """
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 
 from . import landau_kernels
 
 __all__ = ["cell_landau_velocity", "cell_landau_velocity_random_batch", "cell_landau_velocity_maxwell"]
-
-
-@numba.njit(inline="always")
-def _weight(r2: float, gamma: float, delta2: float) -> float:
-    """``(|z|² + δ²)^{γ/2}`` (1 for γ = 0)."""
-    if gamma == 0.0:
-        return 1.0
-    q = r2 + delta2
-    if gamma == -3.0:
-        return 1.0 / (q * math.sqrt(q))
-    return q ** (0.5 * gamma)
-
-
-@numba.njit(inline="always")
-def _add_pair(v, s, i, j, d, gamma, delta2, acc):
-    """``acc += w(z)(|z|² u − z (z·u))``, ``z = v_i − v_j``, ``u = s_i − s_j``."""
-    r2 = 0.0
-    zu = 0.0
-    for k in range(d):
-        zk = v[i, k] - v[j, k]
-        r2 += zk * zk
-        zu += zk * (s[i, k] - s[j, k])
-    if r2 == 0.0:  # coincident particles: A(0) = 0
-        return
-    w = _weight(r2, gamma, delta2)
-    for k in range(d):
-        acc[k] += w * (r2 * (s[i, k] - s[j, k]) - (v[i, k] - v[j, k]) * zu)
 
 
 def cell_landau_velocity(v, s, offsets, cell_of, gamma, B, delta):
@@ -66,7 +37,7 @@ def cell_landau_velocity(v, s, offsets, cell_of, gamma, B, delta):
     registers; the general loop otherwise) applied to the cell's coordinate-major slice, in
     blocks of 16 rows per thread with O(n_max) buffers. Measured at 10⁵ particles on 64 cells
     (156·10⁶ pairs), γ = −3, one thread, load average 4 on 2 cores: 6.7 s with the scalar pair
-    loop (:func:`_add_pair`), 2.6 s vectorised."""
+    loop (``landau_kernels._accumulate_pair``), 2.6 s vectorised."""
     n_total, d = v.shape
     if n_total == 0:
         return np.zeros((0, d))
@@ -134,7 +105,7 @@ def cell_landau_velocity_random_batch(v, s, order, offsets, cell_of, batch_size,
         for jdx in range(start, stop):
             j = order[jdx]
             if j != i:
-                _add_pair(v, s, i, j, d, gamma, delta2, acc)
+                landau_kernels._accumulate_pair(v, s, i, j, d, gamma, delta2, acc)
         scale = -B * (n - 1.0) / (n * (m - 1.0))
         for k in range(d):
             out[i, k] = scale * acc[k]

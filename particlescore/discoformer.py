@@ -65,7 +65,7 @@ from . import registry
 from ._validation import as_particles, check_min_particles
 from .estimators import ScoreEstimator
 from .affine import AffineFrame, EncodedContext, WhitenedModel
-from .candidates import Mixture, _em, _log_likelihood, fit_mixture, refit_mixture, reframe_mixture
+from .candidates import Mixture, fit_mixture, refit_mixture, reframe_mixture
 from .model import DiScoFormerConfig, DiScoFormerNet
 from .stein import project_score
 
@@ -356,7 +356,7 @@ class DiScoFormer(ScoreEstimator):
 
         def search():
             mix = fit_mixture(ctx_w, c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge)
-            _, _, gain = refit_mixture(ctx_w, mix, 0, c.mixture_shrink, c.mixture_ridge)
+            _, gain = refit_mixture(ctx_w, mix, 0, c.mixture_shrink, c.mixture_ridge)
             return mix, gain, torch.zeros((), dtype=torch.int64)
 
         fit, start = self._fit, None
@@ -370,7 +370,7 @@ class DiScoFormer(ScoreEstimator):
         if start is None:
             mix, gain_ref, age = search()
         else:
-            mix, _, gain = refit_mixture(ctx_w, start, self.warm_iters, c.mixture_shrink, c.mixture_ridge)
+            mix, gain = refit_mixture(ctx_w, start, self.warm_iters, c.mixture_shrink, c.mixture_ridge)
             tolerance = (d + d * (d + 1) / 2 + 1) * math.log(n) / (2 * n)   # half a component's BIC penalty per point
             if bool((gain < fit["gain_ref"] - tolerance).any()):
                 mix, gain_ref, age = search()
@@ -595,7 +595,6 @@ class DiScoFormer(ScoreEstimator):
         c = self.net.config
         B, n, d = ctx_w.shape
         dev, ftype = ctx_w.device, ctx_w.dtype
-        omega = valid.to(torch.float64)                                      # (B, n)
         n_b = torch.tensor(counts, dtype=torch.float64, device=dev)          # (B,)
         rows = state["age"].shape[0] if state else 0
         ids_dev = ids.to(dev)
@@ -622,8 +621,7 @@ class DiScoFormer(ScoreEstimator):
                 search[w], w = True, w[:0]
         if len(w):
             sid = ids_dev[w]
-            mix, gain = _refit_cells(ctx_w[w], start, self.warm_iters, c.mixture_shrink, c.mixture_ridge,
-                                     omega[w], valid[w])
+            mix, gain = refit_mixture(ctx_w[w], start, self.warm_iters, c.mixture_shrink, c.mixture_ridge, valid[w])
             tolerance = (d + d * (d + 1) / 2 + 1) * torch.log(n_b[w]) / (2 * n_b[w])  # half a component's BIC penalty per point
             degraded = gain < state["gain_ref"].to(dev)[sid] - tolerance
             keep = w[~degraded]
@@ -635,7 +633,7 @@ class DiScoFormer(ScoreEstimator):
         if len(s):
             mix = fit_mixture(ctx_w[s], c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge,
                               valid[s])
-            _, gain = _refit_cells(ctx_w[s], mix, 0, c.mixture_shrink, c.mixture_ridge, omega[s], valid[s])
+            _, gain = refit_mixture(ctx_w[s], mix, 0, c.mixture_shrink, c.mixture_ridge, valid[s])
             mix_lw[s], mix_mean[s], mix_chol[s] = mix
             gain_ref[s] = gain
             # first search of a cell: start its age at id mod refit_every (spreads the searches)
@@ -673,26 +671,6 @@ class DiScoFormer(ScoreEstimator):
         if self.moment_projection and queries is context:
             score = project_score(context, score)                            # (n, d) Stein on the particles
         return log_f[0].to(context.dtype), score
-
-
-@torch.no_grad()
-def _refit_cells(x: torch.Tensor, mix: Mixture, iters: int, shrink: float, ridge: float,
-                 omega: torch.Tensor, valid: torch.Tensor) -> tuple[Mixture, torch.Tensor]:
-    """:func:`~particlescore.candidates.refit_mixture` for a padded batch ``x`` (B,n,d) (padding
-    rows at 0, ``omega`` (B,n) 1 for points, 0 for padding, ``valid`` the same as bool): ``iters``
-    EM steps from ``mix`` (padding components stay padding) and the log-likelihood gain per point
-    over the sample Gaussian ``(ℓ_K − ℓ_1)/n_b`` (B,) of the result (float64)."""
-    dtype, x = mix.mean.dtype, x.double()
-    used = torch.isfinite(mix.log_weight)                                    # (B, K)
-    mix = Mixture(mix.log_weight.double(), mix.mean.double(), mix.chol.double())
-    one = fit_mixture(x, 1, 0, shrink, ridge, valid)                         # the sample Gaussian per cell
-    base = _log_likelihood(x, Mixture(one.log_weight.double(), one.mean.double(), one.chol.double()), omega)
-    if iters:
-        mix, _ = _em(x, mix, iters, shrink, ridge, omega)
-        # padding must stay padding (EM gives an empty component weight log 1e-10/n, not −inf)
-        mix = Mixture(torch.where(used, mix.log_weight, -math.inf), mix.mean, mix.chol)
-    gain = (_log_likelihood(x, mix, omega) - base) / omega.sum(-1)
-    return Mixture(mix.log_weight.to(dtype), mix.mean.to(dtype), mix.chol.to(dtype)), gain
 
 
 def _pretrained_for(factory, options: dict, *, problem, seed: int) -> DiScoFormer:
