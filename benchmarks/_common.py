@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,18 @@ def step_time(sol) -> float:
     steps = np.diff(sol.steps)
     ok = np.isfinite(wall[1:])
     return float(np.sum(wall[1:][ok] * steps[ok]) / max(np.sum(steps[ok]), 1)) if ok.any() else math.nan
+
+
+def best_time(fn, repeats: int = 3, budget: float = 2.0) -> float:
+    """Best wall time of up to ``repeats`` calls of ``fn`` (fewer once ``budget`` seconds are spent)."""
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - tic)
+        if sum(times) > budget:
+            break
+    return min(times)
 
 
 def fmt(value, spec=".3e") -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import numba
 import numpy as np
@@ -29,16 +28,7 @@ import torch
 from particlescore import landau_kernels
 from particlescore.physics import landau_torch_reference
 
-
-def best_time(fn, budget: float = 2.0, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - tic)
-        if sum(times) > budget:
-            break
-    return min(times)
+from _common import best_time
 
 
 def torch_peak_bytes(n: int, d: int) -> int:

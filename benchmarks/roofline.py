@@ -32,7 +32,6 @@ import math
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numba
@@ -43,20 +42,15 @@ import particlescore as ps
 from particlescore import candidates, kernels, landau_kernels
 from particlescore.estimators import gaussian_kernel_sums
 
+from _common import best_time
+
 KDE_C = [0.5, 0.71, 1.0, 1.41, 2.0]
 LOCAL_C = [1.41, 2.0, 2.83, 4.0, 5.66]
 
 
-def best(fn, repeats=5, budget=3.0):
-    """Best wall time of up to ``repeats`` calls (fewer once ``budget`` seconds are spent)."""
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - tic)
-        if sum(times) > budget:
-            break
-    return min(times)
+def best(fn):
+    """Best of up to 5 calls within 3 s (``_common.best_time``)."""
+    return best_time(fn, repeats=5, budget=3.0)
 
 
 # ----------------------------------------------------------------------------- roofline primitives
