@@ -6,7 +6,11 @@ regularised context covariance ``Σ + ε·diag(Σ)``: ``w = L⁻¹(x − μ)``. 
 candidates work on ``w``; results map back with the change-of-variables formulas
 ``log f(x) = log f_w(w) − log det L`` and ``∇ₓ log f = L⁻ᵀ ∇_w log f_w``.
 ``L(DΣD) = D·L(Σ)`` for a positive diagonal ``D``, so permutation, translation and anisotropic
-axis scaling are exact symmetries of the estimator; rotations are learned (approximate).
+axis scaling are exact symmetries of the estimator. For a rotated context ``Rx`` the whitened points are
+``Qw`` with ``Q = L'⁻¹RL`` orthogonal (``L'`` the factor of ``RΣRᵀ``), so a network that is rotation
+equivariant in whitened coordinates (``model.EquivariantDiScoFormerNet``) makes the estimator
+rotation equivariant up to the ridge ``ε·diag(Σ)``; the per-dimension network learns rotations
+(approximately).
 
 :class:`WhitenedModel` is the only place that whitens: the estimator (``discoformer``) and
 training (``particlescore.training``) both call it.
@@ -136,7 +140,7 @@ class WhitenedModel(nn.Module):
 
     def decode_whitened(self, enc: EncodedContext, qry_w: torch.Tensor):
         """Whitened log-density (B,m) and score (B,m,d) at whitened queries (B,m,d)."""
-        return self.net(qry_w, enc.layers, self.candidates(enc, qry_w), enc.mask, enc.counts)
+        return self.net(qry_w, enc.layers, self.candidates(enc, qry_w), enc.mask, enc.counts, ctx_w=enc.ctx_w)
 
     def predict(self, enc: EncodedContext, queries: torch.Tensor, chunk: int | None = None):
         """Log-density (B,m) and score (B,m,d) at ``queries`` (original coordinates); queries go

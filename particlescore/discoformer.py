@@ -2,7 +2,9 @@
 
 Weights are safetensors files (tensors only, no code is ever unpickled) whose metadata holds
 the network's config as JSON. ``DiScoFormer.pretrained(dim=d)`` loads the file shipped inside
-the package for dimension ``d``.
+the package for dimension ``d`` when there is one (d = 1, 2, 3, 10), and otherwise the one
+rotation-equivariant network trained for every ``d`` up to its ``max_dim``
+(``model.EquivariantDiScoFormerNet``); ``network="equivariant"`` asks for it in any d.
 
 Test-time adaptation (DiScoFormer, arXiv 2511.05924, §TTA): with the context fixed and the
 queries set to the context points, take ``adapt_steps`` Adam steps on the label-free
@@ -66,21 +68,25 @@ from ._validation import as_particles, check_min_particles
 from .estimators import ScoreEstimator
 from .affine import AffineFrame, EncodedContext, WhitenedModel
 from .candidates import Mixture, fit_mixture, refit_mixture, reframe_mixture
-from .model import DiScoFormerConfig, DiScoFormerNet
+from .model import DiScoFormerConfig, DiScoFormerNet, build_network
 from .stein import project_score
 
-__all__ = ["DiScoFormer", "save_weights", "load_weights", "WEIGHTS_DIR", "available_dims"]
+__all__ = ["DiScoFormer", "save_weights", "load_weights", "WEIGHTS_DIR", "available_dims", "supported_dims"]
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 WEIGHTS_FORMAT = "particlescore-discoformer-1"
 
 
-def weights_path(dim: int) -> Path:
-    return WEIGHTS_DIR / f"discoformer_d{dim}.safetensors"
+EQUIVARIANT = "equivariant"   # the weights file stem suffix of the any-d network
+
+
+def weights_path(dim: int | str) -> Path:
+    """The shipped file for dimension ``dim``, or for the any-d network (``dim="equivariant"``)."""
+    return WEIGHTS_DIR / f"discoformer_{'' if dim == EQUIVARIANT else 'd'}{dim}.safetensors"
 
 
 def available_dims() -> tuple[int, ...]:
-    """Dimensions with weights shipped inside the package."""
+    """Dimensions with their own weights shipped inside the package (see :func:`supported_dims`)."""
     dims = []
     for path in WEIGHTS_DIR.glob("discoformer_d*.safetensors"):
         try:
@@ -90,7 +96,33 @@ def available_dims() -> tuple[int, ...]:
     return tuple(sorted(dims))
 
 
-def recorded_sha256(dim: int) -> str:
+def equivariant_max_dim() -> int:
+    """The largest d the shipped any-d network serves (0 when it is not shipped)."""
+    path = weights_path(EQUIVARIANT)
+    if not path.is_file():
+        return 0
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return int(json.loads((handle.metadata() or {})["config"])["max_dim"])
+    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        raise ValueError(f"corrupt DiScoFormer weights file {path}: {err}") from err
+
+
+def supported_dims() -> tuple[int, ...]:
+    """Every d that :meth:`DiScoFormer.pretrained` serves: the per-dimension weights and 1 … the
+    any-d network's ``max_dim``."""
+    return tuple(sorted(set(available_dims()) | set(range(1, equivariant_max_dim() + 1))))
+
+
+def _describe_dims(dims) -> str:
+    """``1–100`` for a contiguous range, else the list."""
+    dims = list(dims)
+    if dims and dims == list(range(dims[0], dims[-1] + 1)) and len(dims) > 3:
+        return f"{dims[0]}–{dims[-1]}"
+    return str(dims)
+
+
+def recorded_sha256(dim: int | str) -> str:
     """The sha256 recorded for the shipped weights of dimension ``dim`` in their JSON model card
     (written by training next to the weights file; ValueError if the card is missing or broken)."""
     card = weights_path(dim).with_suffix(".json")
@@ -139,7 +171,10 @@ def load_weights(path: str | Path) -> tuple[DiScoFormerNet, dict]:
         config = DiScoFormerConfig.from_dict(json.loads(metadata["config"]))
     except (KeyError, ValueError, TypeError) as err:
         raise ValueError(f"weights file {path} has a broken config: {err}") from err
-    net = DiScoFormerNet(config)
+    try:
+        net = build_network(config)
+    except ValueError as err:
+        raise ValueError(f"weights file {path} has a broken config: {err}") from err
     expected = net.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -170,7 +205,7 @@ class DiScoFormer(ScoreEstimator):
     ``state_dict()``/``load_state_dict()`` save and restore everything a warm start carries.
     """
 
-    def __init__(self, net: DiScoFormerNet, *, adapt_steps: int = 0, adapt_lr: float = 1e-3,
+    def __init__(self, net: DiScoFormerNet, *, dim: int | None = None, adapt_steps: int = 0, adapt_lr: float = 1e-3,
                  warm_start: bool = False, proximal: float = 1e-2, max_drift: float = 0.5,
                  adapt_points: int = 256, warm_iters: int = 3, refit_every: int = 25,
                  max_context: int | None = 2048, max_pairs: int = 2 ** 23, moment_projection: bool = False,
@@ -179,10 +214,16 @@ class DiScoFormer(ScoreEstimator):
             raise ValueError(f"adapt_steps must be a non-negative int, got {adapt_steps!r}")
         if not adapt_lr > 0:
             raise ValueError(f"adapt_lr must be positive, got {adapt_lr!r}")
+        if net.config.dim == 0:   # the any-d network: the estimator fixes d
+            if not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= net.config.max_dim:
+                raise ValueError(f"the equivariant DiScoFormer serves dim = 1 … {net.config.max_dim}; pass dim=, got {dim!r}")
+        elif dim is not None and dim != net.config.dim:
+            raise ValueError(f"dim={dim!r} does not match the network's dim={net.config.dim}")
+        dim = net.config.dim or dim
         for name, value, low in (("warm_iters", warm_iters, 0), ("refit_every", refit_every, 1),
                                  ("max_pairs", max_pairs, 1),
-                                 ("max_context", 2 * (net.config.dim + 1) if max_context is None else max_context,
-                                  2 * (net.config.dim + 1))):
+                                 ("max_context", 2 * (dim + 1) if max_context is None else max_context,
+                                  2 * (dim + 1))):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}{' or None' if name == 'max_context' else ''}, "
                                  f"got {value!r}")
@@ -195,7 +236,7 @@ class DiScoFormer(ScoreEstimator):
         self.model = WhitenedModel(self.net)
         for p in self.net.parameters():
             p.requires_grad_(False)
-        self.dim = net.config.dim
+        self.dim = dim
         self.adapt_steps, self.adapt_lr, self.warm_start = adapt_steps, float(adapt_lr), bool(warm_start)
         self.proximal, self.max_drift, self.adapt_points = float(proximal), float(max_drift), int(adapt_points)
         self.source, self.sha256 = source, sha256
@@ -206,34 +247,47 @@ class DiScoFormer(ScoreEstimator):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def pretrained(cls, dim: int, *, adapt_steps: int = 0, adapt_lr: float = 1e-3,
+    def pretrained(cls, dim: int, *, network: str = "auto", adapt_steps: int = 0, adapt_lr: float = 1e-3,
                    warm_start: bool = False, warm_iters: int = 3, refit_every: int = 25,
                    max_context: int | None = 2048, max_pairs: int = 2 ** 23,
                    moment_projection: bool = False) -> "DiScoFormer":
-        """The weights shipped for dimension ``dim`` (ValueError listing the shipped dims)."""
-        path = weights_path(dim)
-        if not path.is_file():
-            raise ValueError(f"no pretrained DiScoFormer weights for dim={dim}; available dims: "
-                             f"{list(available_dims())} (train with `python -m particlescore.training --dim {dim}`)")
-        return cls.from_file(path, adapt_steps=adapt_steps, adapt_lr=adapt_lr, warm_start=warm_start,
+        """The shipped weights for dimension ``dim``. ``network``: ``"auto"`` (the weights trained
+        for ``dim`` when shipped, else the any-d network), ``"per-dim"`` or ``"equivariant"``.
+        ValueError listing the supported dims otherwise."""
+        if network not in ("auto", "per-dim", EQUIVARIANT):
+            raise ValueError(f"network must be 'auto', 'per-dim' or 'equivariant', got {network!r}")
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise ValueError(f"dim must be an int, got {dim!r}")
+        own = weights_path(dim).is_file() if dim >= 1 else False
+        use_equivariant = network == EQUIVARIANT or (network == "auto" and not own)
+        if use_equivariant and not 1 <= dim <= equivariant_max_dim():
+            supported = available_dims() if network == "per-dim" else supported_dims()
+            raise ValueError(f"no pretrained DiScoFormer weights for dim={dim}; supported dims: "
+                             f"{_describe_dims(supported)} (train with `python -m particlescore.training --dim {dim}`)")
+        if not use_equivariant and not own:
+            raise ValueError(f"no per-dimension DiScoFormer weights for dim={dim}; available: {list(available_dims())} "
+                             f"(network='auto' or 'equivariant' serves dims {_describe_dims(supported_dims())})")
+        key = EQUIVARIANT if use_equivariant else dim
+        return cls.from_file(weights_path(key), dim=dim if use_equivariant else None, adapt_steps=adapt_steps,
+                             adapt_lr=adapt_lr, warm_start=warm_start,
                              warm_iters=warm_iters, refit_every=refit_every, max_context=max_context,
                              max_pairs=max_pairs, moment_projection=moment_projection,
-                             expected_sha256=recorded_sha256(dim))
+                             expected_sha256=recorded_sha256(key))
 
     @classmethod
-    def from_file(cls, path, *, adapt_steps: int = 0, adapt_lr: float = 1e-3,
+    def from_file(cls, path, *, dim: int | None = None, adapt_steps: int = 0, adapt_lr: float = 1e-3,
                   warm_start: bool = False, warm_iters: int = 3, refit_every: int = 25,
                   max_context: int | None = 2048, max_pairs: int = 2 ** 23,
                   moment_projection: bool = False, expected_sha256: str | None = None) -> "DiScoFormer":
-        """Weights from any file written by :func:`save_weights`; with ``expected_sha256`` the
-        file's checksum must match (ValueError otherwise)."""
+        """Weights from any file written by :func:`save_weights` (``dim``: required for the any-d
+        network); with ``expected_sha256`` the file's checksum must match (ValueError otherwise)."""
         sha = file_sha256(path) if Path(path).is_file() else None
         if expected_sha256 is not None and sha is not None and sha != expected_sha256:
             raise ValueError(f"weights file {path} is corrupt or was modified: its sha256 is {sha}, but "
                              f"{expected_sha256} was recorded for it; reinstall particlescore (or rebuild the "
                              f"weights with `python -m particlescore.training`)")
         net, _ = load_weights(path)
-        return cls(net, adapt_steps=adapt_steps, adapt_lr=adapt_lr, warm_start=warm_start,
+        return cls(net, dim=dim, adapt_steps=adapt_steps, adapt_lr=adapt_lr, warm_start=warm_start,
                    warm_iters=warm_iters, refit_every=refit_every, max_context=max_context,
                    max_pairs=max_pairs, moment_projection=moment_projection, source=Path(path).name, sha256=sha)
 
@@ -312,8 +366,8 @@ class DiScoFormer(ScoreEstimator):
 
     def _check(self, x: torch.Tensor) -> None:
         if x.shape[1] != self.dim:
-            raise ValueError(f"this DiScoFormer was trained for dim={self.dim}, got context of shape {tuple(x.shape)}; "
-                             f"available pretrained dims: {list(available_dims())}")
+            raise ValueError(f"this DiScoFormer was built for dim={self.dim}, got context of shape {tuple(x.shape)}; "
+                             f"DiScoFormer.pretrained serves dims {_describe_dims(supported_dims())}")
         check_min_particles(x, self.dim + 1, f"to whiten {self.dim}-dimensional data")
 
     def _consistency(self, enc: EncodedContext, qry_w: torch.Tensor, create_graph: bool) -> torch.Tensor:
@@ -677,7 +731,16 @@ def _pretrained_for(factory, options: dict, *, problem, seed: int) -> DiScoForme
     """``[estimator] name = "discoformer"``: the weights shipped for the problem's dimension
     (checksum verified by :meth:`DiScoFormer.pretrained`) with the configured options."""
     shipped = factory.pretrained(problem.dim)
-    return factory(shipped.net, source=shipped.source, sha256=shipped.sha256, **options)
+    return factory(shipped.net, dim=shipped.dim, source=shipped.source, sha256=shipped.sha256, **options)
 
 
-registry.register("estimator", "discoformer", DiScoFormer, exclude=("net", "source", "sha256"), build=_pretrained_for)
+def _equivariant_for(factory, options: dict, *, problem, seed: int) -> DiScoFormer:
+    """``[estimator] name = "discoformer_equivariant"``: the any-d network for the problem's d."""
+    shipped = factory.pretrained(problem.dim, network=EQUIVARIANT)
+    return factory(shipped.net, dim=shipped.dim, source=shipped.source, sha256=shipped.sha256, **options)
+
+
+registry.register("estimator", "discoformer", DiScoFormer, exclude=("net", "dim", "source", "sha256"),
+                  build=_pretrained_for)
+registry.register("estimator", "discoformer_equivariant", DiScoFormer, exclude=("net", "dim", "source", "sha256"),
+                  build=_equivariant_for)

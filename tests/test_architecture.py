@@ -26,8 +26,10 @@ def test_model_holds_only_the_network():
     whitening, kernel bank, mixture fit or linear algebra (affine.py, candidates.py)."""
     tree = ast.parse(Path(model.__file__).read_text())
     defined = {node.name for node in tree.body if isinstance(node, (ast.ClassDef, ast.FunctionDef))}
-    assert defined == {"DiScoFormerConfig", "MLP", "Attention", "Block", "HeadLayout", "DiScoFormerNet"}
-    for name in ("MLP", "Attention", "Block", "DiScoFormerNet"):
+    assert defined == {"DiScoFormerConfig", "MLP", "Attention", "Block", "HeadLayout", "DiScoFormerNet",
+                       "KernelAttention", "KernelBlock", "EquivariantDiScoFormerNet", "build_network"}
+    for name in ("MLP", "Attention", "Block", "DiScoFormerNet", "KernelAttention", "KernelBlock",
+                 "EquivariantDiScoFormerNet"):
         assert issubclass(getattr(model, name), nn.Module)
     assert dataclasses.is_dataclass(model.DiScoFormerConfig)
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import particlescore as ps
+import particlescore.discoformer as dmod
 from particlescore import estimators
 from particlescore.discoformer import DiScoFormer, available_dims, load_weights, save_weights
 from particlescore.distributions import GaussianMixture, StudentT, random_gmm
@@ -145,9 +146,15 @@ def test_every_shipped_weights_file_loads_and_beats_scott_kde():
         assert np.mean(errs_model) < np.mean(errs_kde), (dim, errs_model, errs_kde)
 
 
-def test_pretrained_missing_dimension_lists_available():
-    with pytest.raises(ValueError, match=r"no pretrained DiScoFormer weights for dim=7; available dims: \[1, 2, 3"):
-        ps.DiScoFormer.pretrained(dim=7)
+def test_pretrained_unsupported_dimension_lists_supported():
+    top = max(dmod.supported_dims())
+    with pytest.raises(ValueError, match=rf"no pretrained DiScoFormer weights for dim={top + 1}; supported dims: "):
+        ps.DiScoFormer.pretrained(dim=top + 1)
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="no pretrained DiScoFormer weights"):
+            ps.DiScoFormer.pretrained(dim=bad)
+    with pytest.raises(ValueError, match="network must be"):
+        ps.DiScoFormer.pretrained(dim=2, network="big")
 
 
 def test_corrupt_and_mismatched_weights_files(tmp_path):
@@ -176,7 +183,7 @@ def test_corrupt_and_mismatched_weights_files(tmp_path):
 
 def test_bad_inputs():
     est = random_net(2)
-    with pytest.raises(ValueError, match=r"trained for dim=2.*available pretrained dims"):
+    with pytest.raises(ValueError, match=r"built for dim=2.*pretrained serves dims"):
         est(np.zeros((10, 3)))
     with pytest.raises(ValueError, match=r"at least 3 particles to whiten"):
         est(np.zeros((2, 2)))

@@ -2,6 +2,9 @@
 
     python -m particlescore.training --dim 2 --steps 3000 --out particlescore/weights/discoformer_d2.safetensors
     torchrun --nproc_per_node 2 -m particlescore.training --dim 2 ...   # DDP (gloo on CPU, nccl on GPU)
+    python -m particlescore.training --dim 0 --train-dims 1 2 3 4 5 6 8 10 16 32 --max-dim 100 ...
+        # the rotation-equivariant network for every d (model.EquivariantDiScoFormerNet): each step's
+        # batch has one d, drawn uniformly from --train-dims by the step's seeded generator
 
 Loss per mixture: ``α·Huber(log f̂ − log f) + (1−α)·Σ‖ŝ − s‖²/Σ‖s‖²`` (the relative score error,
 the benchmark metric, so every mixture counts equally), averaged over the batch. AdamW with
@@ -28,7 +31,7 @@ from particlescore import __version__
 from particlescore.discoformer import DiScoFormer, file_sha256, load_weights, save_weights
 from particlescore.estimators import KDE
 from particlescore.affine import WhitenedModel
-from particlescore.model import DiScoFormerConfig, DiScoFormerNet
+from particlescore.model import DiScoFormerConfig, DiScoFormerNet, build_network
 
 from .data import context_size, make_batch, step_generator
 from .evaluate import evaluate
@@ -36,7 +39,10 @@ from .evaluate import evaluate
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m particlescore.training", description=__doc__.split("\n")[0])
-    p.add_argument("--dim", type=int, required=True)
+    p.add_argument("--dim", type=int, required=True, help="d, or 0 for the equivariant any-d network")
+    p.add_argument("--train-dims", type=int, nargs="*", default=None, help="--dim 0: the dims drawn per step")
+    p.add_argument("--max-dim", type=int, default=100, help="--dim 0: the largest d the weights will serve")
+    p.add_argument("--eval-dims", type=int, nargs="*", default=None, help="--dim 0: dims of the final evaluation")
     p.add_argument("--steps", type=int, default=3000, help="total optimiser steps (sets the schedule)")
     p.add_argument("--batch", type=int, default=16, help="mixtures per step (per process)")
     p.add_argument("--n-min", type=int, default=256)
@@ -66,7 +72,22 @@ def parse_args(argv=None):
     p.add_argument("--init-from", type=Path, default=None,
                    help="start from these weights (same config without the mixture candidate)")
     p.add_argument("--mixture-bias", type=float, default=12.0, help="initial gate of the mixture (--init-from)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.dim == 0:
+        if not args.train_dims or min(args.train_dims) < 1 or max(args.train_dims) > args.max_dim:
+            p.error("--dim 0 needs --train-dims, each in 1 … --max-dim")
+        args.eval_dims = args.eval_dims or sorted(set(args.train_dims))
+    elif args.dim < 0 or args.train_dims:
+        p.error("--dim must be positive (or 0 with --train-dims)")
+    return args
+
+
+def step_dim(step: int, args) -> int:
+    """The batch's dimension at ``step`` (the same on every rank; reproduced on resume)."""
+    if args.dim:
+        return args.dim
+    g = step_generator(args.seed, 20_000, step)
+    return args.train_dims[int(torch.randint(len(args.train_dims), (), generator=g))]
 
 
 def transplant(old: DiScoFormerNet, new: DiScoFormerNet, mixture_bias: float) -> None:
@@ -131,14 +152,15 @@ def main(argv=None) -> int:
     device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
-    run_dir = args.run_dir or Path("runs") / f"train_d{args.dim}"
-    out = args.out or run_dir / f"discoformer_d{args.dim}.safetensors"
+    tag = f"d{args.dim}" if args.dim else "equivariant"
+    run_dir = args.run_dir or Path("runs") / f"train_{tag}"
+    out = args.out or run_dir / f"discoformer_{tag}.safetensors"
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
 
     config = DiScoFormerConfig(dim=args.dim, width=args.width, n_layers=args.layers, n_heads=args.heads,
-                               mixture_components=args.mixture_components)
-    net = DiScoFormerNet(config)
+                               mixture_components=args.mixture_components, max_dim=0 if args.dim else args.max_dim)
+    net = build_network(config)
     if args.init_from is not None and not args.resume:
         transplant(load_weights(args.init_from)[0], net, args.mixture_bias)
     net = net.to(device)
@@ -164,7 +186,7 @@ def main(argv=None) -> int:
     bar = None
     if rank == 0 and not args.no_progress:
         from tqdm import tqdm
-        bar = tqdm(total=args.steps, initial=start_step, desc=f"train d={args.dim}")
+        bar = tqdm(total=args.steps, initial=start_step, desc=f"train {tag}")
 
     def checkpoint(step, wall):
         if rank == 0:
@@ -180,7 +202,8 @@ def main(argv=None) -> int:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args)
         n = context_size(step, args.seed, args.n_min, args.n_max)
-        batch = make_batch(dim=args.dim, batch=args.batch, n=n, n_queries=args.queries,
+        dim = step_dim(step, args)
+        batch = make_batch(dim=dim, batch=args.batch, n=n, n_queries=args.queries,
                            off_fraction=args.off_fraction, generator=step_generator(args.seed, rank, step))
         batch.context, batch.queries = batch.context.to(device), batch.queries.to(device)
         batch.log_density, batch.score = batch.log_density.to(device), batch.score.to(device)
@@ -192,7 +215,7 @@ def main(argv=None) -> int:
         step += 1
         wall = wall_before + time.time() - t_start
         if log:
-            log.write(json.dumps({"step": step, "n": n, "loss": loss.item(), "score_rel": rel_score.item(),
+            log.write(json.dumps({"step": step, "n": n, "d": dim, "loss": loss.item(), "score_rel": rel_score.item(),
                                   "log_huber": log_err.item(), "grad_norm": float(grad_norm),
                                   "lr": learning_rate(step - 1, args), "wall": round(wall, 1)}) + "\n")
             log.flush()
@@ -213,14 +236,18 @@ def main(argv=None) -> int:
         return 0
 
     net.eval()
-    est = DiScoFormer(net.cpu())
-    results = {n: evaluate({"DiScoFormer": est, "Scott KDE": KDE("scott")}, args.dim, n, args.eval_mixtures,
-                           oracle=False) for n in args.eval_sizes}
+    if args.dim:
+        results = {str(n): evaluate({"DiScoFormer": DiScoFormer(net.cpu()), "Scott KDE": KDE("scott")}, args.dim, n,
+                                    args.eval_mixtures, oracle=False) for n in args.eval_sizes}
+    else:
+        results = {f"d={d} n={n}": evaluate({"DiScoFormer": DiScoFormer(net.cpu(), dim=d), "Scott KDE": KDE("scott")},
+                                            d, n, args.eval_mixtures, oracle=False)
+                   for d in args.eval_dims for n in args.eval_sizes}
     card = {"command": " ".join(["python -m particlescore.training"] + (argv if argv is not None else sys.argv[1:])),
             "git_commit": git_commit(), "particlescore_version": __version__, "seed": args.seed,
             "steps_done": step, "steps_planned": args.steps, "world_size": world, "wall_seconds": round(wall, 1),
             "finished": step >= args.steps, "config": config.to_dict(),
-            "evaluation": {str(n): r for n, r in results.items()}}
+            "evaluation": results}
     if args.init_from is not None:  # a two-stage build: record what stage 1 was
         card["init_from"] = {"path": str(args.init_from), "sha256": file_sha256(args.init_from),
                              "card": json.loads(load_weights(args.init_from)[1].get("card", "{}"))}
