@@ -128,7 +128,7 @@ class WhitenedModel(nn.Module):
         if mixture is None and c.mixture_components:
             mixture = (fitter(ctx_w, frame) if fitter is not None else
                        fit_mixture(ctx_w, c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge,
-                                   mask))
+                                   mask, tied=c.mixture_tied, unbiased=c.mixture_unbiased))
         if subsample is not None:
             if mask is not None:
                 raise ValueError("subsample and counts cannot be combined")

@@ -409,8 +409,10 @@ class DiScoFormer(ScoreEstimator):
         n, d = ctx_w.shape[1:]
 
         def search():
-            mix = fit_mixture(ctx_w, c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge)
-            _, gain = refit_mixture(ctx_w, mix, 0, c.mixture_shrink, c.mixture_ridge)
+            mix = fit_mixture(ctx_w, c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge,
+                              tied=c.mixture_tied, unbiased=c.mixture_unbiased)
+            _, gain = refit_mixture(ctx_w, mix, 0, c.mixture_shrink, c.mixture_ridge,
+                                    unbiased=c.mixture_unbiased)
             return mix, gain, torch.zeros((), dtype=torch.int64)
 
         fit, start = self._fit, None
@@ -424,7 +426,8 @@ class DiScoFormer(ScoreEstimator):
         if start is None:
             mix, gain_ref, age = search()
         else:
-            mix, gain = refit_mixture(ctx_w, start, self.warm_iters, c.mixture_shrink, c.mixture_ridge)
+            mix, gain = refit_mixture(ctx_w, start, self.warm_iters, c.mixture_shrink, c.mixture_ridge,
+                                      unbiased=c.mixture_unbiased)
             tolerance = (d + d * (d + 1) / 2 + 1) * math.log(n) / (2 * n)   # half a component's BIC penalty per point
             if bool((gain < fit["gain_ref"] - tolerance).any()):
                 mix, gain_ref, age = search()
@@ -580,7 +583,7 @@ class DiScoFormer(ScoreEstimator):
         if c.mixture_components:
             mixture = (fitter(ctx_w, frame) if fitter is not None else
                        fit_mixture(ctx_w, c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge,
-                                   mask))
+                                   mask, tied=c.mixture_tied, unbiased=c.mixture_unbiased))
         P = max(sizes)
         sub = torch.zeros(len(counts), P, ctx.shape[2], dtype=ctx_w.dtype, device=dev)  # (G, P, d)
         for b, (k, size) in enumerate(zip(counts, sizes)):
@@ -675,7 +678,8 @@ class DiScoFormer(ScoreEstimator):
                 search[w], w = True, w[:0]
         if len(w):
             sid = ids_dev[w]
-            mix, gain = refit_mixture(ctx_w[w], start, self.warm_iters, c.mixture_shrink, c.mixture_ridge, valid[w])
+            mix, gain = refit_mixture(ctx_w[w], start, self.warm_iters, c.mixture_shrink, c.mixture_ridge, valid[w],
+                                      unbiased=c.mixture_unbiased)
             tolerance = (d + d * (d + 1) / 2 + 1) * torch.log(n_b[w]) / (2 * n_b[w])  # half a component's BIC penalty per point
             degraded = gain < state["gain_ref"].to(dev)[sid] - tolerance
             keep = w[~degraded]
@@ -686,8 +690,9 @@ class DiScoFormer(ScoreEstimator):
         s = torch.nonzero(search)[:, 0]
         if len(s):
             mix = fit_mixture(ctx_w[s], c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge,
-                              valid[s])
-            _, gain = refit_mixture(ctx_w[s], mix, 0, c.mixture_shrink, c.mixture_ridge, valid[s])
+                              valid[s], tied=c.mixture_tied, unbiased=c.mixture_unbiased)
+            _, gain = refit_mixture(ctx_w[s], mix, 0, c.mixture_shrink, c.mixture_ridge, valid[s],
+                                    unbiased=c.mixture_unbiased)
             mix_lw[s], mix_mean[s], mix_chol[s] = mix
             gain_ref[s] = gain
             # first search of a cell: start its age at id mod refit_every (spreads the searches)

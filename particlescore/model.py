@@ -59,6 +59,8 @@ class DiScoFormerConfig:
     mixture_iters: int = 20                    # EM iterations after each split
     mixture_shrink: float = 0.5                # covariance shrinkage strength (shrink·d/(N_k + d))
     mixture_ridge: float = 1e-3                # added to every component covariance (whitened units)
+    mixture_tied: bool = False                 # also fit mixtures with one shared covariance (BIC picks)
+    mixture_unbiased: bool = False             # unbiased precisions N/(N − d − 2) (candidates.fit_mixture)
     max_dim: int = 0                           # dim = 0 only: the largest d it was trained and checked for
 
     def to_dict(self) -> dict:
