@@ -1,0 +1,276 @@
+"""The any-d network (model.EquivariantDiScoFormerNet, issue 9.2) and the tied / unbiased mixture
+fit it uses: exact symmetries, the KDE special case, shipped weights for every supported d,
+training for several d, and the mixture options against closed forms."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import particlescore as ps
+import particlescore.discoformer as dmod
+from particlescore import estimators
+from particlescore.candidates import _unbiased_precision, fit_mixture, mixture_candidate, refit_mixture
+from particlescore.discoformer import DiScoFormer, load_weights, save_weights
+from particlescore.distributions import random_gmm
+from particlescore.model import DiScoFormerConfig, DiScoFormerNet, EquivariantDiScoFormerNet, build_network
+
+
+def random_equivariant(seed=0, mixture_components=4, **config):
+    """An any-d network with every parameter perturbed, so that the attention, the kernel
+    bandwidths and the residual all change the output."""
+    torch.manual_seed(seed)
+    net = EquivariantDiScoFormerNet(DiScoFormerConfig(dim=0, max_dim=100, mixture_components=mixture_components,
+                                                      **config)).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return net
+
+
+def gmm_data(dim, n=300, m=40, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    mixture = random_gmm(1, dim, generator=g, dtype=torch.float64)
+    return mixture.sample(n, generator=g)[0], mixture.sample(m, generator=g)[0]
+
+
+def check_symmetries(est, dim, rotation: bool):
+    x, y = gmm_data(dim)
+    log_f, score = est(x, y)
+    assert torch.isfinite(score).all() and score.shape == (40, dim)
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
+    log_p, score_p = est(x[perm], y)
+    # only summation order changes: agreement to round-off (1e-9 leaves 10⁶ ulps of headroom)
+    torch.testing.assert_close(log_p, log_f, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(score_p, score, rtol=1e-9, atol=1e-9)
+    shift = torch.arange(1.0, dim + 1, dtype=torch.float64) * 3.0
+    log_t, score_t = est(x + shift, y + shift)
+    torch.testing.assert_close(score_t, score, rtol=1e-9, atol=1e-9)
+    scale = torch.linspace(0.2, 5.0, dim, dtype=torch.float64)
+    log_s, score_s = est(x * scale, y * scale)
+    torch.testing.assert_close(log_s, log_f - torch.log(scale).sum(), rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(score_s, score / scale, rtol=1e-8, atol=1e-8)
+    rot, _ = torch.linalg.qr(torch.randn(dim, dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
+    log_r, score_r = est(x @ rot.T, y @ rot.T)
+    if rotation:  # log|det R| = 0; Cholesky round-off grows with the condition numbers: 1e-8
+        torch.testing.assert_close(log_r, log_f, rtol=1e-8, atol=1e-8)
+        torch.testing.assert_close(score_r, score @ rot.T, rtol=1e-8, atol=1e-8)
+    return ps.relative_score_mse(score_r, score @ rot.T)
+
+
+@pytest.mark.parametrize("dim", [1, 3, 7])
+def test_the_network_is_exactly_rotation_equivariant(dim):
+    """Permutation, translation, anisotropic scaling and rotation, float64, kernel bank only.
+    Rotation is exact here because the whitening ridge ε·diag(Σ) (not rotation invariant) is 0:
+    whitened points of a rotated context are then the original ones times an orthogonal matrix."""
+    check_symmetries(DiScoFormer(random_equivariant(mixture_components=0, whiten_ridge=0.0), dim=dim), dim, True)
+
+
+@pytest.mark.parametrize("dim", [2, 5])
+def test_symmetries_with_the_mixture_candidate(dim):
+    """With the mixture (default ridge): permutation, translation and scaling exact; rotation
+    only approximate, and reported: the first split runs along the principal axis of a whitened
+    covariance ≈ I, which the ridge ε·diag(Σ) picks in the original axes (EM then moves on)."""
+    rel = check_symmetries(DiScoFormer(random_equivariant(), dim=dim), dim, False)
+    print(f"rotation error with the mixture candidate, d = {dim}: relative MSE {rel:.2e}")
+    assert math.isfinite(rel)
+
+
+def test_gates_fixed_on_the_kde_candidate_give_gaussian_kde():
+    """The KDE special case: both gates on the first kernel-bank bandwidth and no residual."""
+    dim, factor = 3, 0.8
+    config = DiScoFormerConfig(dim=0, max_dim=10, kde_bandwidths=(factor,), local_bandwidths=(2.0,), whiten_ridge=0.0)
+    net = EquivariantDiScoFormerNet(config).double()
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.bias.zero_()
+        net.head.bias[0] = 60.0                          # score gate on the KDE candidate
+        net.head.bias[net.n_candidates] = 60.0           # log-density gate on it
+    x, y = gmm_data(dim, n=400)
+    log_f, score = DiScoFormer(net, dim=dim)(x, y)
+    kde = estimators._FactorKDE(factor * x.shape[0] ** (-1.0 / (dim + 4)))   # H = h²·Σ̂, the same kernel
+    log_ref, score_ref = kde(x, y)
+    # float64 kernel sums in a different order; the other gate carries e^-60
+    torch.testing.assert_close(log_f, log_ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(score, score_ref, rtol=0, atol=1e-5)
+
+
+def test_kernel_attention_reproduces_kde_score():
+    """With zero content, one head's attention-weighted mean gives the Gaussian-KDE score
+    h⁻²(Σ_j K_h(y, x_j) x_j / Σ_j K_h − y) exactly (the squared-norm lift)."""
+    from particlescore.model import KernelAttention
+    torch.manual_seed(0)
+    attn = KernelAttention(8, 2, torch.tensor([math.log(0.7), math.log(1.5)], dtype=torch.float64)).double()
+    with torch.no_grad():
+        attn.q.weight.zero_(), attn.q.bias.zero_()
+    x = torch.randn(1, 200, 4, dtype=torch.float64)
+    y = torch.randn(1, 30, 4, dtype=torch.float64)
+    tokens = torch.randn(1, 200, 8, dtype=torch.float64)
+    scott = torch.tensor([200 ** (-1 / 8)], dtype=torch.float64)
+    _, kernel_score = attn(torch.zeros(1, 30, 8, dtype=torch.float64), tokens, y, x, scott)
+    for head, c in enumerate((0.7, 1.5)):
+        h = c * float(scott)
+        w = torch.softmax(-((y[0, :, None] - x[0, None]) ** 2).sum(-1) / (2 * h * h), -1)   # (30, 200)
+        expected = (w @ x[0] - y[0]) / h ** 2
+        torch.testing.assert_close(kernel_score[0, head], expected, rtol=1e-10, atol=1e-10)
+
+
+def test_estimator_dim_validation_for_the_any_d_network():
+    net = random_equivariant()
+    with pytest.raises(ValueError, match="serves dim = 1 … 100; pass dim="):
+        DiScoFormer(net)
+    with pytest.raises(ValueError, match="serves dim = 1 … 100"):
+        DiScoFormer(net, dim=101)
+    with pytest.raises(ValueError, match="does not match"):
+        DiScoFormer(DiScoFormerNet(DiScoFormerConfig(dim=2)), dim=3)
+    with pytest.raises(ValueError, match="needs dim >= 1"):
+        DiScoFormerNet(DiScoFormerConfig(dim=0, max_dim=5))
+    est = DiScoFormer(net, dim=4)
+    with pytest.raises(ValueError, match="built for dim=4"):
+        est(torch.randn(50, 3), torch.randn(5, 3))
+
+
+def test_any_d_weights_file_round_trip(tmp_path):
+    net = random_equivariant().float()
+    path = tmp_path / "any.safetensors"
+    save_weights(net, path)
+    loaded, _ = load_weights(path)
+    assert isinstance(loaded, EquivariantDiScoFormerNet) and loaded.config == net.config
+    x, y = gmm_data(5)
+    a = DiScoFormer(net.eval(), dim=5)(x, y)
+    b = DiScoFormer.from_file(path, dim=5)(x, y)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+SHIPPED = dmod.equivariant_max_dim() > 0
+needs_weights = pytest.mark.skipif(not SHIPPED, reason="the any-d weights are not shipped")
+
+
+@needs_weights
+@pytest.mark.parametrize("dim,n", [(1, 512), (2, 512), (4, 512), (5, 512), (6, 512), (7, 512), (8, 512),
+                                   (9, 512), (16, 512), (32, 512), (64, 512), (100, 1024)])
+def test_every_supported_dim_loads_and_beats_scott_kde(dim, n):
+    """``pretrained(dim)`` serves every d up to 100 (here the dims without their own file, and
+    d = 1, 2 through the any-d network); on 2 random mixtures its mean relative score error is
+    below Scott KDE's (the margin is ≥ 2× in the model card; 2 draws keep the test short)."""
+    est = ps.DiScoFormer.pretrained(dim, network="equivariant" if dim in dmod.available_dims() else "auto")
+    assert isinstance(est.net, EquivariantDiScoFormerNet) and est.dim == dim
+    errs, errs_kde = [], []
+    for seed in range(2):
+        g = torch.Generator().manual_seed(100 + seed)
+        mixture = random_gmm(1, dim, generator=g, n_components=(1, 4), dtype=torch.float64)
+        x, y = mixture.sample(n, generator=g)[0], mixture.sample(128, generator=g)[0]
+        truth = mixture.score(y[None])[0]
+        errs.append(ps.relative_score_mse(est(x, y)[1], truth))
+        errs_kde.append(ps.relative_score_mse(ps.KDE("scott")(x, y)[1], truth))
+    assert np.mean(errs) < np.mean(errs_kde), (dim, errs, errs_kde)
+
+
+@needs_weights
+def test_supported_dims_and_the_error_for_others():
+    assert dmod.supported_dims() == tuple(range(1, 101))
+    with pytest.raises(ValueError, match=r"dim=101; supported dims: 1–100"):
+        ps.DiScoFormer.pretrained(101)
+    with pytest.raises(ValueError, match=r"no per-dimension DiScoFormer weights for dim=5"):
+        ps.DiScoFormer.pretrained(5, network="per-dim")
+    card = json.loads(dmod.weights_path("equivariant").with_suffix(".json").read_text())
+    assert card["sha256"] == dmod.file_sha256(dmod.weights_path("equivariant"))
+
+
+@needs_weights
+def test_toml_name_discoformer_equivariant_runs_a_d5_relaxation(tmp_path):
+    """[estimator] name = "discoformer_equivariant" through the registry, on a d = 5 problem
+    that has no per-d weights: a short run keeps the trace of the covariance (energy) to 1e-3
+    (the Landau operator conserves it exactly; Heun's error at dt = 0.02 is far smaller)."""
+    est = ps.registry.create("estimator", "discoformer_equivariant", {}, problem=ps.AnisotropicMaxwell(5))
+    assert isinstance(est.net, EquivariantDiScoFormerNet) and est.dim == 5
+    problem = ps.AnisotropicMaxwell(5)
+    x0 = problem.initial_state(300, generator=torch.Generator().manual_seed(0))
+    out = ps.simulate(problem, est, x0, t_end=0.1, dt=0.02, path=tmp_path / "d5.nc")
+    import xarray as xr
+    with xr.open_dataset(out) as ds:
+        v = ds["velocity"].values
+    energy = (v ** 2).sum((-1, -2))
+    assert abs(energy[-1] / energy[0] - 1) < 1e-3, energy
+
+
+# --------------------------------------------------------------------------- mixture options
+def test_unbiased_precision_factor():
+    """One component from N points in d dims: covariance × N/(N − d − 2) (Anderson 2003); K tied
+    components: × N/(N − K − d − 1); tiny N: capped at 2."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 500, 6, generator=g, dtype=torch.float64)
+    plain = fit_mixture(x, 1, 0, 0.5, 1e-3)
+    unbiased = fit_mixture(x, 1, 0, 0.5, 1e-3, unbiased=True)
+    torch.testing.assert_close(unbiased.chol[0, 0], plain.chol[0, 0] * math.sqrt(500 / (500 - 6 - 2)))
+    small = _unbiased_precision(plain, torch.tensor([12.0], dtype=torch.float64))
+    torch.testing.assert_close(small.chol[0, 0], plain.chol[0, 0] * math.sqrt(2.0))
+
+
+def test_tied_fit_in_high_dimension_recovers_two_components():
+    """d = 60, n = 1000: two full covariances would need 2·(60 + 1830) parameters from 1000
+    points, so only the tied chain can split; the data are two Gaussians with one covariance,
+    means 8 apart. The tied fit finds both (weights 0.3/0.7 within 0.03 = ~3 s.e.), stays tied
+    through a warm refit, and its score beats the single Gaussian's by far."""
+    d, n = 60, 1000
+    g = torch.Generator().manual_seed(1)
+    a = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0] * torch.linspace(0.5, 1.0, d, dtype=torch.float64)
+    shift = torch.zeros(d, dtype=torch.float64)
+    shift[0] = 8.0
+    label = torch.rand(n, generator=g, dtype=torch.float64) < 0.3
+    x = (torch.randn(n, d, generator=g, dtype=torch.float64) @ a.T + label[:, None] * shift)[None]
+    full = fit_mixture(x, 4, 20, 0.5, 1e-3)
+    tied = fit_mixture(x, 4, 20, 0.5, 1e-3, tied=True)
+    assert int(full.n_components[0]) == 1 and int(tied.n_components[0]) == 2
+    weights = tied.log_weight[0][torch.isfinite(tied.log_weight[0])].exp().sort().values
+    torch.testing.assert_close(weights, torch.tensor([0.3, 0.7], dtype=torch.float64), rtol=0, atol=0.03)
+    torch.testing.assert_close(tied.chol[0, 0], tied.chol[0, 1], rtol=0, atol=0)
+    again, _ = refit_mixture(x, tied, 3, 0.5, 1e-3)
+    torch.testing.assert_close(again.chol[0, 0], again.chol[0, 1], rtol=0, atol=0)
+    # exact score of the two-Gaussian population vs each fit's, at fresh points
+    cov = a @ a.T
+    y = (torch.randn(200, d, generator=g, dtype=torch.float64) @ a.T + (torch.arange(200) % 3 == 0)[:, None] * shift)
+    prec = torch.linalg.inv(cov)
+    lp = torch.stack([math.log(0.7) - 0.5 * ((y @ prec) * y).sum(-1),
+                      math.log(0.3) - 0.5 * (((y - shift) @ prec) * (y - shift)).sum(-1)])
+    r = torch.softmax(lp, 0)
+    truth = -(r[0, :, None] * (y @ prec) + r[1, :, None] * ((y - shift) @ prec))
+    s_tied, s_full = mixture_candidate(tied, y[None])[0][0], mixture_candidate(full, y[None])[0][0]
+    # along the separation (coordinate 0) the single Gaussian misses the bimodality entirely
+    err_tied = ps.relative_score_mse(s_tied[:, :1], truth[:, :1])
+    err_full = ps.relative_score_mse(s_full[:, :1], truth[:, :1])
+    print(f"d = 60 score error along the separation: tied {err_tied:.3f}, one Gaussian {err_full:.3f}; all coordinates: "
+          f"{ps.relative_score_mse(s_tied, truth):.3f} vs {ps.relative_score_mse(s_full, truth):.3f}")
+    assert err_tied < 0.25 * err_full, (err_tied, err_full)
+    assert ps.relative_score_mse(s_tied, truth) < ps.relative_score_mse(s_full, truth)
+
+
+def test_tied_chain_is_not_used_where_full_covariances_are_affordable():
+    """d = 2, n = 2000 (two full components: 11 parameters ≪ n/2): tied=True changes nothing."""
+    x, _ = gmm_data(2, n=2000)
+    a = fit_mixture(x[None], 6, 20, 0.5, 1e-3)
+    b = fit_mixture(x[None], 6, 20, 0.5, 1e-3, tied=True)
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=0, atol=0)
+
+
+def test_training_several_dims_resumes_and_writes_an_any_d_file(tmp_path):
+    """--dim 0 draws one d per step from --train-dims (seeded, so the log names the same d's
+    after an interruption) and writes a file that pretrained-style loading accepts."""
+    from particlescore.training.train import main
+    common = ["--dim", "0", "--train-dims", "2", "5", "9", "--max-dim", "12", "--mixture-components", "3",
+              "--batch", "2", "--n-min", "40", "--n-max", "80", "--queries", "16", "--width", "16",
+              "--eval-mixtures", "1", "--eval-sizes", "64", "--eval-dims", "5", "--threads", "1", "--no-progress",
+              "--checkpoint-every", "2"]
+    main(common + ["--steps", "4", "--run-dir", str(tmp_path / "a"), "--out", str(tmp_path / "a.safetensors")])
+    main(common + ["--steps", "2", "--run-dir", str(tmp_path / "b"), "--out", str(tmp_path / "b.safetensors")])
+    main(common + ["--steps", "4", "--resume", "--run-dir", str(tmp_path / "b"), "--out", str(tmp_path / "b.safetensors")])
+    dims = lambda run: [json.loads(line)["d"] for line in (tmp_path / run / "train.log").read_text().splitlines()
+                        if '"loss"' in line]
+    assert dims("a") == dims("b") and set(dims("a")) <= {2, 5, 9}
+    net, meta = load_weights(tmp_path / "a.safetensors")
+    assert isinstance(net, EquivariantDiScoFormerNet) and net.config.max_dim == 12
+    assert "d=5 n=64" in json.loads(meta["card"])["evaluation"]
+    with pytest.raises(SystemExit):
+        main(["--dim", "0", "--train-dims", "13", "--max-dim", "12"])
