@@ -2,14 +2,14 @@
 with BIC, and Scott KDE, on the training family and on out-of-family shapes (issue 9, item 5).
 
     python benchmarks/ablation.py [--dims 1 2 3 10] [--n 1024] [--m 512] [--draws 6]
-                                  [--out benchmarks/results/ablation.md]
+                                  [--network per-dim|equivariant] [--out benchmarks/results/ablation.md]
 
 For every shipped d and every shape, ``--draws`` seeded draws of n context points and m queries
 from the same distribution; relative score MSE (%) ``Σ‖ŝ − s‖² / Σ‖s‖²`` at the queries, mean ±
 standard error over the draws, for
 
-* **DiScoFormer**: the shipped weights, no test-time adaptation, cold mixture fit (the
-  estimator's default call);
+* **DiScoFormer**: the shipped weights (``--network``: the per-dimension files, or the one
+  any-d network), no test-time adaptation, cold mixture fit (the estimator's default call);
 * **best candidate**: of the network's K candidates (KDE and local-Gaussian estimates at five
   bandwidths each, and the in-context EM mixture), each un-whitened to the original coordinates,
   the one with the lowest mean error *in that cell*, chosen in hindsight against the true score.
@@ -242,6 +242,7 @@ def main():
     parser.add_argument("--m", type=int, default=512)
     parser.add_argument("--draws", type=int, default=6)
     parser.add_argument("--max-k", type=int, default=10, help="largest sklearn mixture tried by BIC")
+    parser.add_argument("--network", choices=("per-dim", "equivariant"), default="per-dim")
     parser.add_argument("--out", type=Path, default=None, help="write the markdown report here")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -249,7 +250,7 @@ def main():
     load_before = os.getloadavg()
     results = {}
     for d in args.dims:
-        est = ps.DiScoFormer.pretrained(dim=d)
+        est = ps.DiScoFormer.pretrained(dim=d, network=args.network)
         for shape in args.shapes:
             if shape == "banana" and d < 2:
                 continue
@@ -271,7 +272,9 @@ def main():
               f"scikit-learn {sklearn.__version__}, Python {platform.python_version()}; load average "
               f"{load_before[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end (2 cores); "
               f"{time.perf_counter() - start:.0f} s wall.", "",
-              "Weights sha256: " + ", ".join(f"d={d} {recorded_sha256(d)[:12]}" for d in args.dims) + ".", "",
+              ("Weights sha256: " + ", ".join(f"d={d} {recorded_sha256(d)[:12]}" for d in args.dims) + "."
+               if args.network == "per-dim" else
+               f"Weights: the any-d network, sha256 {recorded_sha256('equivariant')[:12]}."), "",
               "Protocol: see the docstring of `benchmarks/ablation.py`. The *best candidate* is chosen per cell "
               "in hindsight, against the true score, among the network's 11 candidates (oracle selection: its mean "
               "is biased low). DiScoFormer runs with its defaults (no test-time adaptation).", ""]

@@ -1,6 +1,7 @@
 """The paper's Table 2 for every shipped dimension, plus the out-of-family table (d = 2).
 
     python benchmarks/score_table.py [--dims 1 2 3 10] [--sizes 256 1024 4096 16384] [--mixtures 16]
+                                     [--network per-dim|equivariant]
 
 Relative score MSE (%) and log-density MSE of DiScoFormer vs Scott KDE and oracle-h KDE,
 averaged over random mixtures with evaluation seeds disjoint from training
@@ -21,11 +22,11 @@ from particlescore.distributions import Laplace, StudentT
 from particlescore.training.evaluate import evaluate
 
 
-def score_table(dims, sizes, mixtures):
+def score_table(dims, sizes, mixtures, network="per-dim"):
     lines = ["| d | n | DiScoFormer score % | Scott KDE score % | oracle-h KDE score % | DiScoFormer log-MSE | Scott KDE log-MSE | oracle-h KDE log-MSE |",
              "|---|---|---|---|---|---|---|---|"]
     for d in dims:
-        est = ps.DiScoFormer.pretrained(dim=d)
+        est = ps.DiScoFormer.pretrained(dim=d, network=network)
         for n in sizes:
             t0 = time.perf_counter()
             r = evaluate({"DiScoFormer": est, "Scott KDE": ps.KDE("scott")}, d, n, mixtures)
@@ -64,10 +65,14 @@ def main():
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/score_table.md"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)")
     parser.add_argument("--no-out-of-family", action="store_true", help="skip the Student-t / Laplace table")
+    parser.add_argument("--network", choices=("per-dim", "equivariant"), default="per-dim",
+                        help="the per-dimension weights, or the one any-d network")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     text = ["## Relative score MSE (%) and log-density MSE on random Gaussian mixtures", ""]
-    text += score_table(args.dims, args.sizes, args.mixtures)
+    if args.network != "per-dim":
+        text += [f"Weights: the {args.network} network.", ""]
+    text += score_table(args.dims, args.sizes, args.mixtures, args.network)
     if not args.no_out_of_family:
         text += ["", "## Out of family, d = 2 (relative score MSE, fraction)", ""]
         text += out_of_family(args.mixtures)
