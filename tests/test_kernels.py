@@ -181,3 +181,32 @@ def test_bank_kernel_gives_the_same_bits_freshly_compiled_and_loaded_from_the_ca
     assert all(r.returncode == 0 for r in runs), runs[0].stderr + runs[1].stderr
     assert "compiling" in runs[0].stderr and "compiling" not in runs[1].stderr   # fresh, then cached
     assert runs[0].stdout.split()[-1] == runs[1].stdout.split()[-1]
+
+
+def test_parallel_kernels_give_the_same_bits_freshly_compiled_and_loaded_from_the_cache(tmp_path):
+    """The same check for the kernels that stay parallel=True: per-cell and all-pairs Landau
+    sums (PIC and homogeneous runs resume bitwise), KDE and blob sums, float32 and float64."""
+    import subprocess
+    import sys
+    script = (
+        "import hashlib, numpy as np, torch\n"
+        "from particlescore import cell_kernels, landau_kernels, estimators\n"
+        "rng = np.random.default_rng(0)\n"
+        "out = []\n"
+        "for d in (2, 3, 5):\n"
+        "    v = rng.normal(size=(300, d)); s = -v + 0.1 * rng.normal(size=(300, d))\n"
+        "    offsets = np.array([0, 100, 180, 300]); cell_of = np.repeat(np.arange(3), [100, 80, 120])\n"
+        "    out.append(cell_kernels.cell_landau_velocity(v, s, offsets, cell_of, -3.0, 1.0, np.full(3, 0.01)))\n"
+        "    out.append(landau_kernels.landau_velocity(v, s, -3.0, 1.0, 0.01))\n"
+        "    out.append(landau_kernels.landau_velocity(v, s, 0.0, 1.0, 0.0))\n"
+        "    x = torch.from_numpy(v)\n"
+        "    for dt in (torch.float32, torch.float64):\n"
+        "        out += [t.numpy() for t in estimators.KDE('scott')(x.to(dt), x[:50].to(dt))]\n"
+        "        out += [t.numpy() for t in estimators.Blob()(x.to(dt))]\n"
+        "print(hashlib.md5(b''.join(np.ascontiguousarray(o).tobytes() for o in out)).hexdigest())\n")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+            for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr + runs[1].stderr
+    assert "compiling" in runs[0].stderr and "compiling" not in runs[1].stderr   # fresh, then cached
+    assert runs[0].stdout.split()[-1] == runs[1].stdout.split()[-1]
