@@ -187,6 +187,10 @@ def test_every_supported_dim_loads_and_beats_scott_kde(dim, n):
 @needs_weights
 def test_supported_dims_and_the_error_for_others():
     assert dmod.supported_dims() == tuple(range(1, 101))
+    for dim in dmod.supported_dims():   # every one loads (checksum verified) and fixes its d
+        est = ps.DiScoFormer.pretrained(dim)
+        assert est.dim == dim and est.describe()["weights"] == (
+            f"discoformer_d{dim}.safetensors" if dim in dmod.available_dims() else "discoformer_equivariant.safetensors")
     with pytest.raises(ValueError, match=r"dim=101; supported dims: 1–100"):
         ps.DiScoFormer.pretrained(101)
     with pytest.raises(ValueError, match=r"no per-dimension DiScoFormer weights for dim=5"):
