@@ -13,8 +13,9 @@ default integrator (Heun, two score evaluations per step).
 Estimators: DiScoFormer with 0 test-time adaptation steps, DiScoFormer with 2 warm-started
 adaptation steps per call, warm-started DiScoFormer with the moment projection
 (docs/moment_projection.md), Scott KDE, the blob method, and SBTM fitted first to the exact
-initial score ``−Σ0⁻¹v``. DiScoFormer rows are skipped (with a printed note) when no shipped
-weights exist for a dimension.
+initial score ``−Σ0⁻¹v``. DiScoFormer uses ``DiScoFormer.pretrained(dim=d)``: the per-d weights
+where they exist, else the any-d network; its rows are skipped (with a printed note) for a d it
+does not serve (d > 100).
 
 The particles' covariance at t = 0 differs from ``Σ0`` by sampling error (std of Σ̂11 ≈
 ``1.8·sqrt(2/n)`` ≈ 0.11 for n = 500), which often dominates ``|Σ11 − Σ11,exact|``. Because the
