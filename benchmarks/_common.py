@@ -126,3 +126,38 @@ def write_csv(path, rows, keys):
     """One line per row (shared with ``bkw.py``): the ``keys`` columns, in that order."""
     lines = [",".join(keys)] + [",".join(str(r[k]) for k in keys) for r in rows]
     path.write_text("\n".join(lines) + "\n")
+
+
+def sklearn_bic_mixture(x: np.ndarray, max_k: int):
+    """scikit-learn's ``GaussianMixture`` (full covariances, ``random_state=0``) for K = 1 … max_k,
+    the one with the lowest BIC, and how many of the fits stopped at max_iter unconverged."""
+    import warnings
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import GaussianMixture
+    best, best_bic, unconverged = None, math.inf, 0
+    for k in range(1, max_k + 1):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gm = GaussianMixture(k, covariance_type="full", random_state=0).fit(x)
+        unconverged += not gm.converged_
+        bic = gm.bic(x)
+        if bic < best_bic:
+            best, best_bic = gm, bic
+    return best, unconverged
+
+
+def gmm_score(gm, y: np.ndarray) -> np.ndarray:
+    """Closed-form score of a fitted ``GaussianMixture`` at y (m,d):
+    ``∇ log p(y) = −Σ_k r_k(y) Σ_k⁻¹(y − μ_k)``."""
+    resp = gm.predict_proba(y)                                                 # (m, K)
+    comp = -np.einsum("kij,mkj->mki", gm.precisions_, y[:, None, :] - gm.means_[None])  # (m, K, d)
+    return (resp[..., None] * comp).sum(1)                                     # (m, d)
+
+
+def write_report(lines: list[str], out: Path | None) -> None:
+    """Print a markdown report and, with ``out``, write it there (parent folders created)."""
+    text = "\n".join(lines)
+    print(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")

@@ -40,7 +40,6 @@ import shlex
 import subprocess
 import sys
 import time
-import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -48,6 +47,7 @@ import numpy as np
 import torch
 
 import particlescore as ps
+from _common import gmm_score, sklearn_bic_mixture, write_report
 from particlescore.discoformer import available_dims, recorded_sha256
 from particlescore.distributions import Distribution, Laplace, StudentT
 from particlescore.training.evaluate import evaluation_problem
@@ -117,21 +117,8 @@ def discoformer_and_candidates(est, x: torch.Tensor, y: torch.Tensor):
 
 def sklearn_gmm_score(x: np.ndarray, y: np.ndarray, max_k: int, check: bool):
     """Best-BIC full-covariance GaussianMixture (K = 1..max_k) fitted to x; its score at y, and K."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.mixture import GaussianMixture
-    best, best_bic, unconverged = None, math.inf, 0
-    for k in range(1, max_k + 1):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            gm = GaussianMixture(k, covariance_type="full", random_state=0).fit(x)
-        unconverged += not gm.converged_
-        bic = gm.bic(x)
-        if bic < best_bic:
-            best, best_bic = gm, bic
-    resp = best.predict_proba(y)                                               # (m, K)
-    diff = y[:, None, :] - best.means_[None]                                   # (m, K, d)
-    comp = -np.einsum("kij,mkj->mki", best.precisions_, diff)                  # (m, K, d) −Σ_k⁻¹(y − μ_k)
-    score = (resp[..., None] * comp).sum(1)                                    # (m, d)
+    best, unconverged = sklearn_bic_mixture(x, max_k)
+    score = gmm_score(best, y)                                                 # (m, d)
     if check:  # central differences of log p: O(h²) error, h = 1e-5 on O(1) data
         h = 1e-5
         fd = np.stack([(best.score_samples(y + h * e) - best.score_samples(y - h * e)) / (2 * h)
@@ -278,11 +265,7 @@ def main():
               "Protocol: see the docstring of `benchmarks/ablation.py`. The *best candidate* is chosen per cell "
               "in hindsight, against the true score, among the network's 11 candidates (oracle selection: its mean "
               "is biased low). DiScoFormer runs with its defaults (no test-time adaptation).", ""]
-    text = report(results, args, header)
-    print("\n".join(text))
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(text) + "\n")
+    write_report(report(results, args, header), args.out)
 
 
 if __name__ == "__main__":

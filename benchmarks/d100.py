@@ -24,7 +24,6 @@ import platform
 import shlex
 import sys
 import time
-import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 import particlescore as ps
+from _common import gmm_score, sklearn_bic_mixture, write_report
 from particlescore.affine import AffineFrame
 from particlescore.candidates import fit_mixture, mixture_candidate
 from particlescore.discoformer import recorded_sha256
@@ -52,19 +52,9 @@ def mixture_only(x: torch.Tensor, y: torch.Tensor, config, *, tied: bool, unbias
 
 
 def sklearn_gmm(x: np.ndarray, y: np.ndarray, max_k: int):
-    """Best-BIC full-covariance GaussianMixture; its log-density and closed-form score at y."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.mixture import GaussianMixture
-    best, best_bic = None, math.inf
-    for k in range(1, max_k + 1):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            gm = GaussianMixture(k, covariance_type="full", random_state=0).fit(x)
-        if gm.bic(x) < best_bic:
-            best, best_bic = gm, gm.bic(x)
-    resp = best.predict_proba(y)                                               # (m, K)
-    comp = -np.einsum("kij,mkj->mki", best.precisions_, y[:, None, :] - best.means_[None])  # (m, K, d)
-    return best.score_samples(y), (resp[..., None] * comp).sum(1), best.n_components
+    """Best-BIC full-covariance GaussianMixture; its log-density and closed-form score at y, and K."""
+    best, _ = sklearn_bic_mixture(x, max_k)
+    return best.score_samples(y), gmm_score(best, y), best.n_components
 
 
 def main():
@@ -135,10 +125,7 @@ def main():
     log_ok = np.mean(rows["DiScoFormer"]["log"]) <= 20.8
     text += ["", f"Bar (score MSE ≤ 0.167): {'met' if score_ok else '**not met**'}; "
              f"bar (log-density MSE ≤ 20.8): {'met' if log_ok else '**not met**'}. sklearn BIC picked K = {ks}."]
-    print("\n".join(text))
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(text) + "\n")
+    write_report(text, args.out)
 
 
 if __name__ == "__main__":

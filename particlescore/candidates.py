@@ -254,6 +254,7 @@ def _em(x: torch.Tensor, mix: Mixture, iters: int, shrink: float, ridge: float,
     n_b = n if omega is None else omega.sum(-1, keepdim=True)                # points per element
     eye = torch.eye(d, dtype=x.dtype, device=x.device)
     tied = torch.as_tensor(tied, device=x.device).expand(B)                  # (B,)
+    any_tied = bool(tied.any())
     for _ in range(iters):
         log_p, _, _ = _component_log_prob(x, mix)                            # (B, K, n)
         resp = torch.softmax(log_p, 1)                                       # (B, K, n)
@@ -264,7 +265,7 @@ def _em(x: torch.Tensor, mix: Mixture, iters: int, shrink: float, ridge: float,
         diff = x[:, None] - mean[:, :, None]                                 # (B, K, n, d)
         cov = (resp[..., None] * diff).transpose(-1, -2) @ diff / n_k[..., None, None]  # (B, K, d, d)
         counts = n_k                                                         # (B, K) shrinkage counts
-        if bool(tied.any()):
+        if any_tied:
             pooled = (n_k[..., None, None] * cov).sum(1, keepdim=True) / n_k.sum(1)[:, None, None, None]  # (B, 1, d, d)
             cov = torch.where(tied[:, None, None, None], pooled, cov)         # (B, K, d, d)
             counts = torch.where(tied[:, None], n_k.sum(1, keepdim=True), n_k)  # (B, K)

@@ -261,9 +261,8 @@ class DiScoFormer(ScoreEstimator):
         own = weights_path(dim).is_file() if dim >= 1 else False
         use_equivariant = network == EQUIVARIANT or (network == "auto" and not own)
         if use_equivariant and not 1 <= dim <= equivariant_max_dim():
-            supported = available_dims() if network == "per-dim" else supported_dims()
             raise ValueError(f"no pretrained DiScoFormer weights for dim={dim}; supported dims: "
-                             f"{_describe_dims(supported)} (train with `python -m particlescore.training --dim {dim}`)")
+                             f"{_describe_dims(supported_dims())} (train with `python -m particlescore.training --dim {dim}`)")
         if not use_equivariant and not own:
             raise ValueError(f"no per-dimension DiScoFormer weights for dim={dim}; available: {list(available_dims())} "
                              f"(network='auto' or 'equivariant' serves dims {_describe_dims(supported_dims())})")
@@ -732,20 +731,17 @@ class DiScoFormer(ScoreEstimator):
         return log_f[0].to(context.dtype), score
 
 
-def _pretrained_for(factory, options: dict, *, problem, seed: int) -> DiScoFormer:
-    """``[estimator] name = "discoformer"``: the weights shipped for the problem's dimension
-    (checksum verified by :meth:`DiScoFormer.pretrained`) with the configured options."""
-    shipped = factory.pretrained(problem.dim)
-    return factory(shipped.net, dim=shipped.dim, source=shipped.source, sha256=shipped.sha256, **options)
+def _pretrained_for(network: str):
+    """The registry's build function for ``network`` (see :meth:`DiScoFormer.pretrained`): the
+    shipped weights for the problem's dimension (checksum verified) with the configured options."""
+    def build(factory, options: dict, *, problem, seed: int) -> DiScoFormer:
+        shipped = factory.pretrained(problem.dim, network=network)
+        return factory(shipped.net, dim=shipped.dim, source=shipped.source, sha256=shipped.sha256, **options)
+    return build
 
 
-def _equivariant_for(factory, options: dict, *, problem, seed: int) -> DiScoFormer:
-    """``[estimator] name = "discoformer_equivariant"``: the any-d network for the problem's d."""
-    shipped = factory.pretrained(problem.dim, network=EQUIVARIANT)
-    return factory(shipped.net, dim=shipped.dim, source=shipped.source, sha256=shipped.sha256, **options)
-
-
+# "discoformer": the per-d weights where shipped, else the any-d network; "discoformer_equivariant": always it
 registry.register("estimator", "discoformer", DiScoFormer, exclude=("net", "dim", "source", "sha256"),
-                  build=_pretrained_for)
+                  build=_pretrained_for("auto"))
 registry.register("estimator", "discoformer_equivariant", DiScoFormer, exclude=("net", "dim", "source", "sha256"),
-                  build=_equivariant_for)
+                  build=_pretrained_for(EQUIVARIANT))

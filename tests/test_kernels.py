@@ -159,12 +159,22 @@ def test_landau_velocity_matches_torch_reference(gamma, delta):
     assert np.abs(out.sum(0)).max() < 1e-11 * scale * len(v)  # momentum conserved to round-off
 
 
+def assert_fresh_and_cached_bits_agree(script: str, tmp_path) -> None:
+    """Run ``script`` (which prints a hash of its results) in two processes sharing an empty numba
+    cache: the first compiles the kernels, the second loads them; both must print the same hash."""
+    import subprocess
+    import sys
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+            for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr + runs[1].stderr
+    assert "compiling" in runs[0].stderr and "compiling" not in runs[1].stderr   # fresh, then cached
+    assert runs[0].stdout.split()[-1] == runs[1].stdout.split()[-1]
+
+
 def test_bank_kernel_gives_the_same_bits_freshly_compiled_and_loaded_from_the_cache(tmp_path):
     """Bitwise resume needs every process to compute the same bits; the first process compiles
     the kernel, later ones load it from numba's cache (a parallel=True build differed at 1e-15)."""
-    import hashlib
-    import subprocess
-    import sys
     script = (
         "import hashlib, torch\n"
         "from particlescore import candidates\n"
@@ -175,19 +185,12 @@ def test_bank_kernel_gives_the_same_bits_freshly_compiled_and_loaded_from_the_ca
         "    with torch.no_grad():\n"
         "        out += candidates.kernel_bank(ctx, q, [0.5, 0.71, 1.0, 1.41, 2.0], [1.41, 2.0, 2.83, 4.0, 5.66], 1e-3)\n"
         "print(hashlib.md5(b''.join(o.numpy().tobytes() for o in out)).hexdigest())\n")
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
-    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
-            for _ in range(2)]
-    assert all(r.returncode == 0 for r in runs), runs[0].stderr + runs[1].stderr
-    assert "compiling" in runs[0].stderr and "compiling" not in runs[1].stderr   # fresh, then cached
-    assert runs[0].stdout.split()[-1] == runs[1].stdout.split()[-1]
+    assert_fresh_and_cached_bits_agree(script, tmp_path)
 
 
 def test_parallel_kernels_give_the_same_bits_freshly_compiled_and_loaded_from_the_cache(tmp_path):
     """The same check for the kernels that stay parallel=True: per-cell and all-pairs Landau
     sums (PIC and homogeneous runs resume bitwise), KDE and blob sums, float32 and float64."""
-    import subprocess
-    import sys
     script = (
         "import hashlib, numpy as np, torch\n"
         "from particlescore import cell_kernels, landau_kernels, estimators\n"
@@ -204,9 +207,4 @@ def test_parallel_kernels_give_the_same_bits_freshly_compiled_and_loaded_from_th
         "        out += [t.numpy() for t in estimators.KDE('scott')(x.to(dt), x[:50].to(dt))]\n"
         "        out += [t.numpy() for t in estimators.Blob()(x.to(dt))]\n"
         "print(hashlib.md5(b''.join(np.ascontiguousarray(o).tobytes() for o in out)).hexdigest())\n")
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
-    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
-            for _ in range(2)]
-    assert all(r.returncode == 0 for r in runs), runs[0].stderr + runs[1].stderr
-    assert "compiling" in runs[0].stderr and "compiling" not in runs[1].stderr   # fresh, then cached
-    assert runs[0].stdout.split()[-1] == runs[1].stdout.split()[-1]
+    assert_fresh_and_cached_bits_agree(script, tmp_path)

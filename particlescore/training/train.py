@@ -240,13 +240,11 @@ def main(argv=None) -> int:
         return 0
 
     net.eval()
-    if args.dim:
-        results = {str(n): evaluate({"DiScoFormer": DiScoFormer(net.cpu()), "Scott KDE": KDE("scott")}, args.dim, n,
-                                    args.eval_mixtures, oracle=False) for n in args.eval_sizes}
-    else:
-        results = {f"d={d} n={n}": evaluate({"DiScoFormer": DiScoFormer(net.cpu(), dim=d), "Scott KDE": KDE("scott")},
-                                            d, n, args.eval_mixtures, oracle=False)
-                   for d in args.eval_dims for n in args.eval_sizes}
+    dims = [args.dim] if args.dim else args.eval_dims
+    results = {(str(n) if args.dim else f"d={d} n={n}"):
+               evaluate({"DiScoFormer": DiScoFormer(net.cpu(), dim=d), "Scott KDE": KDE("scott")}, d, n,
+                        args.eval_mixtures, oracle=False)
+               for d in dims for n in args.eval_sizes}
     card = {"command": " ".join(["python -m particlescore.training"] + (argv if argv is not None else sys.argv[1:])),
             "git_commit": git_commit(), "particlescore_version": __version__, "seed": args.seed,
             "steps_done": step, "steps_planned": args.steps, "world_size": world, "wall_seconds": round(wall, 1),
