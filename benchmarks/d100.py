@@ -33,7 +33,7 @@ import torch
 import particlescore as ps
 from _common import gmm_score, sklearn_bic_mixture, write_report
 from particlescore.affine import AffineFrame
-from particlescore.candidates import fit_mixture, mixture_candidate
+from particlescore.candidates import fit_mixture, mixture_candidate, untie_mixture
 from particlescore.discoformer import recorded_sha256
 from particlescore.distributions import random_gmm
 from particlescore.estimators import oracle_bandwidth
@@ -41,11 +41,14 @@ from particlescore.estimators import oracle_bandwidth
 METHODS = ("DiScoFormer", "mixture candidate", "mixture (full only, biased)", "sklearn GMM (BIC)", "best-h KDE")
 
 
-def mixture_only(x: torch.Tensor, y: torch.Tensor, config, *, tied: bool, unbiased: bool):
+def mixture_only(x: torch.Tensor, y: torch.Tensor, config, *, tied: bool, unbiased: bool, untie: bool):
     """The mixture candidate alone, fitted as the network fits it, in original coordinates."""
     frame = AffineFrame.fit(x[None], config.whiten_ridge)
-    mix = fit_mixture(frame.whiten(x[None]), config.mixture_components, config.mixture_iters, config.mixture_shrink,
+    ctx_w = frame.whiten(x[None])
+    mix = fit_mixture(ctx_w, config.mixture_components, config.mixture_iters, config.mixture_shrink,
                       config.mixture_ridge, tied=tied, unbiased=unbiased)
+    if untie:
+        mix = untie_mixture(ctx_w, mix, frame.chol, config.mixture_ridge)
     score_w, log_w, _ = mixture_candidate(mix, frame.whiten(y[None]))
     log_f, score = frame.unwhiten(log_w, score_w)
     return log_f[0], score[0]
@@ -82,10 +85,11 @@ def main():
         out["DiScoFormer"] = est(x, y)
         out["DiScoFormer", "sec"] = time.perf_counter() - tic
         tic = time.perf_counter()
-        out["mixture candidate"] = mixture_only(x, y, config, tied=config.mixture_tied, unbiased=config.mixture_unbiased)
+        out["mixture candidate"] = mixture_only(x, y, config, tied=config.mixture_tied, unbiased=config.mixture_unbiased,
+                                                untie=config.mixture_untie)
         out["mixture candidate", "sec"] = time.perf_counter() - tic
         tic = time.perf_counter()
-        out["mixture (full only, biased)"] = mixture_only(x, y, config, tied=False, unbiased=False)
+        out["mixture (full only, biased)"] = mixture_only(x, y, config, tied=False, unbiased=False, untie=False)
         out["mixture (full only, biased)", "sec"] = time.perf_counter() - tic
         tic = time.perf_counter()
         log_gm, score_gm, k = sklearn_gmm(x.numpy(), y.numpy(), args.max_k)

@@ -244,6 +244,21 @@ def _log_likelihood(x: torch.Tensor, mix: Mixture, omega: torch.Tensor | None = 
     return (log_f if omega is None else log_f * omega).sum(-1)
 
 
+def _ledoit_wolf_intensity(diff: torch.Tensor, weight: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """Shrinkage intensity ρ (B,K) of ``(1 − ρ)S + ρ(tr S/d)I`` (Ledoit & Wolf 2004, J. Multivar.
+    Anal. 88, Lemma 3.2–3.4, with weighted points): ``ρ = min(1, β̄²/δ²)``, ``δ² = ‖S − (tr S/d)I‖²_F``,
+    ``β̄² = Σ_i w_i² ‖z_i z_iᵀ − S‖²_F`` for ``S = Σ_i w_i z_i z_iᵀ``, ``Σ_i w_i = 1``
+    (``w_i = 1/n``: their estimator). ``diff`` (B,K,n,d) the offsets z, ``weight`` (B,K,n), ``cov`` S (B,K,d,d)."""
+    d = diff.shape[-1]
+    norm2 = (diff * diff).sum(-1)                                            # (B, K, n) ‖z‖²
+    quad = ((diff @ cov) * diff).sum(-1)                                     # (B, K, n) zᵀSz
+    fro2 = (cov * cov).sum((-2, -1))                                         # (B, K) ‖S‖²_F
+    trace = cov.diagonal(dim1=-2, dim2=-1).sum(-1)                           # (B, K)
+    beta2 = (weight * weight * (norm2 * norm2 - 2 * quad + fro2[..., None])).sum(-1)  # (B, K)
+    delta2 = (fro2 - trace * trace / d).clamp_min(torch.finfo(cov.dtype).tiny)  # (B, K)
+    return (beta2 / delta2).clamp(0.0, 1.0)
+
+
 def _em(x: torch.Tensor, mix: Mixture, iters: int, shrink: float, ridge: float,
         omega: torch.Tensor | None = None, tied=False) -> tuple[Mixture, torch.Tensor]:
     """``iters`` EM steps (Dempster, Laird & Rubin 1977) with shrunk covariances; returns the
@@ -401,6 +416,53 @@ def fit_mixture(x: torch.Tensor, max_components: int, iters: int, shrink: float,
     if unbiased:
         best = _unbiased_precision(best, counts)
     return Mixture(best.log_weight.to(dtype), best.mean.to(dtype), best.chol.to(dtype))
+
+
+@torch.no_grad()
+def untie_mixture(x: torch.Tensor, mix: Mixture, frame_chol: torch.Tensor, ridge: float,
+                  mask: torch.Tensor | None = None) -> Mixture:
+    """A tied fit (:func:`_is_tied`) with a covariance per component: the Ledoit–Wolf estimate
+    (Ledoit & Wolf 2004) from the fit's responsibilities, shrunk toward a multiple of the identity
+    of the original coordinates ``x_orig − μ = L w`` (``frame_chol`` L (B,d,d)). Other elements
+    (full fits, one component) are returned unchanged, and so is a component with fewer than 4d
+    points, which keeps the shared covariance. ``x`` (B,n,d) whitened, ``mask`` (B,n).
+
+    BIC picks the clustering (in high d only tied fits can afford a second component); the
+    per-component covariance is then chosen for accuracy, not likelihood: each component gets its
+    own shape, shrunk by the data-driven intensity ρ. The target is isotropic in the user's
+    coordinates, not the whitened ones, where the between-component direction has a tiny
+    within-component variance that a scalar target would inflate (d = 100, two components: score
+    MSE 0.27 with the whitened target, 0.15 with this one; true labels, 4 draws). Ledoit–Wolf
+    minimises the covariance's Frobenius risk, not the precision's that the score needs; with
+    fewer than 4d points the inverse of the shrunk estimate was worse than the shared covariance
+    (any-d network, relative score MSE, random 1–10-component mixtures: d = 64, n = 2048, 19.4 %
+    tied, 28.1 % untying every component, 14.3 % with the 4d rule)."""
+    tied = _is_tied(mix)                                                     # (B,)
+    if not bool(tied.any()):
+        return mix
+    dtype, x = mix.mean.dtype, x.double()
+    B, n, d = x.shape
+    fit = Mixture(mix.log_weight.double(), mix.mean.double(), mix.chol.double())
+    L = frame_chol.double()                                                  # (B, d, d)
+    log_p, _, _ = _component_log_prob(x, fit)                                # (B, K, n)
+    resp = torch.softmax(log_p, 1)                                           # (B, K, n)
+    if mask is not None:
+        resp = resp * mask.to(x.dtype)[:, None]                              # (B, K, n)
+    n_k = resp.sum(-1) + 1e-10                                               # (B, K)
+    mean = (resp @ x) / n_k[..., None]                                       # (B, K, d)
+    diff = (x[:, None] - mean[:, :, None]) @ L[:, None].transpose(-1, -2)    # (B, K, n, d) original units
+    cov = (resp[..., None] * diff).transpose(-1, -2) @ diff / n_k[..., None, None]  # (B, K, d, d)
+    rho = _ledoit_wolf_intensity(diff, resp / n_k[..., None], cov)[..., None, None]  # (B, K, 1, 1)
+    scale = cov.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]        # (B, K, 1, 1)
+    eye = torch.eye(d, dtype=x.dtype, device=x.device)
+    cov = (1 - rho) * cov + rho * scale * eye                                # (B, K, d, d) original units
+    back = torch.linalg.solve_triangular(L[:, None], cov, upper=False)       # (B, K, d, d) L⁻¹C
+    cov = torch.linalg.solve_triangular(L[:, None], back.transpose(-1, -2), upper=False)  # (B, K, d, d) L⁻¹CL⁻ᵀ
+    chol = torch.linalg.cholesky(cov + ridge * eye)                          # (B, K, d, d)
+    used = (torch.isfinite(fit.log_weight) & (n_k >= 4 * d))[..., None, None]  # (B, K, 1, 1) docstring
+    chol = torch.where(tied[:, None, None, None] & used, chol, fit.chol)     # (B, K, d, d)
+    mean = torch.where(tied[:, None, None] & used[..., 0], mean, fit.mean)   # (B, K, d)
+    return Mixture(mix.log_weight, mean.to(dtype), chol.to(dtype))
 
 
 def reframe_mixture(mix: Mixture, A: torch.Tensor, b: torch.Tensor) -> Mixture:
