@@ -12,7 +12,8 @@ import particlescore as ps
 import particlescore.discoformer as dmod
 from particlescore import estimators
 from particlescore.affine import AffineFrame
-from particlescore.candidates import Mixture, _is_tied, _unbiased_precision, fit_mixture, mixture_candidate, refit_mixture, untie_mixture
+from particlescore.candidates import (LOO_INTENSITIES, Mixture, _is_tied, _loo_log_likelihoods, _unbiased_precision,
+                                      fit_mixture, mixture_candidate, refit_mixture, untie_mixture)
 from particlescore.discoformer import DiScoFormer, load_weights, save_weights
 from particlescore.distributions import random_gmm
 from particlescore.model import DiScoFormerConfig, DiScoFormerNet, EquivariantDiScoFormerNet
@@ -259,39 +260,57 @@ def test_tied_fit_in_high_dimension_recovers_two_components():
     assert ps.relative_score_mse(s_tied, truth) < ps.relative_score_mse(s_full, truth)
 
 
-def test_untie_gives_each_component_its_ledoit_wolf_covariance_in_user_coordinates():
-    """d = 30, n = 400, two Gaussians 30 apart, 340 and 60 points, and the tied fit of the two
-    (weights, means and pooled covariance of the labelled points): untying gives the 340-point
-    component exactly
-    scikit-learn's Ledoit–Wolf covariance of its points in the original coordinates (the
-    responsibilities are 0/1 to e⁻¹⁰⁰, so the weighted formula is the unweighted one; the ridge,
-    added in whitened units, is taken off before comparing), while the 60-point one (< 4d points)
-    keeps the shared covariance. A full or one-component fit is returned as it is."""
-    ledoit_wolf = pytest.importorskip("sklearn.covariance").ledoit_wolf
-    d, ridge = 30, 1e-3
+def test_untie_shrinks_each_component_by_its_leave_one_out_likelihood_in_user_coordinates():
+    """d = 8, two Gaussians 30 apart (50 and 14 points, so the shrinkage matters), given as the
+    tied fit of the labelled points. The closed-form leave-one-out log-likelihoods (Sherman–
+    Morrison) equal the brute-force ones, refitting mean and scatter without each point in turn
+    (float64: to 1e-9 relative); untying gives each component ``(1 − ρ)S + ρ(tr S/d)I`` in the
+    user's coordinates with the ρ of the best brute-force likelihood (the responsibilities are
+    0/1 to e⁻¹⁰⁰; the ridge, added in whitened units, is taken off before comparing). A full or
+    one-component fit is returned as it is."""
+    d, ridge = 8, 1e-3
     g = torch.Generator().manual_seed(3)
     shift = torch.zeros(d, dtype=torch.float64)
     shift[0] = 30.0
     factor = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0] * torch.linspace(
         0.3, 1.0, d, dtype=torch.float64)
-    big = torch.randn(340, d, generator=g, dtype=torch.float64) @ factor.T
-    small = torch.randn(60, d, generator=g, dtype=torch.float64) @ factor.T + shift
-    x = torch.cat([big, small])[None] * 2.0 + 1.0                                 # (1, 400, d)
+    sizes = (50, 14)
+    x = torch.cat([torch.randn(sizes[0], d, generator=g, dtype=torch.float64) @ factor.T,
+                   torch.randn(sizes[1], d, generator=g, dtype=torch.float64) @ factor.T + shift])[None] * 2.0 + 1.0
     frame = AffineFrame.fit(x, 1e-4)
     ctx_w = frame.whiten(x)
-    groups = (ctx_w[0, :340], ctx_w[0, 340:])
-    pooled = sum((w - w.mean(0)).T @ (w - w.mean(0)) for w in groups) / 400 + ridge * torch.eye(d, dtype=torch.float64)
-    tied = Mixture(torch.log(torch.tensor([[340 / 400, 60 / 400]], dtype=torch.float64)),
+    groups = (ctx_w[0, :sizes[0]], ctx_w[0, sizes[0]:])
+    pooled = sum((w - w.mean(0)).T @ (w - w.mean(0)) for w in groups) / sum(sizes) + ridge * torch.eye(d, dtype=torch.float64)
+    tied = Mixture(torch.log(torch.tensor([sizes], dtype=torch.float64) / sum(sizes)),
                    torch.stack([w.mean(0) for w in groups])[None], torch.linalg.cholesky(pooled).expand(1, 2, d, d))
     assert bool(_is_tied(tied)[0])
     untied = untie_mixture(ctx_w, tied, frame.chol, ridge)
-    L, first = frame.chol[0], 0
-    cov_w = untied.chol[0, first] @ untied.chol[0, first].T - ridge * torch.eye(d, dtype=torch.float64)
-    points = x[0, :340]
-    expected = torch.from_numpy(ledoit_wolf((points - points.mean(0)).numpy(), assume_centered=True)[0])
-    torch.testing.assert_close(L @ cov_w @ L.T, expected, rtol=1e-7, atol=1e-9)
-    torch.testing.assert_close(untied.mean[0, first], frame.whiten(points.mean(0)[None, None])[0, 0])
-    torch.testing.assert_close(untied.chol[0, 1 - first], tied.chol[0, 1 - first], rtol=0, atol=0)
+    L = frame.chol[0]
+    rhos = torch.tensor(LOO_INTENSITIES, dtype=torch.float64)
+    bounds = (0, sizes[0], sum(sizes))
+    for k in range(2):
+        points = x[0, bounds[k]:bounds[k + 1]]                                      # user coordinates
+        N = len(points)
+        centred = points - points.mean(0)
+        S = centred.T @ centred / N
+        T = S.trace() / d * torch.eye(d, dtype=torch.float64)
+        brute = torch.zeros(len(rhos), dtype=torch.float64)
+        for i in range(N):
+            rest = torch.cat([points[:i], points[i + 1:]])
+            c_rest = rest - rest.mean(0)
+            S_rest = c_rest.T @ c_rest / (N - 1)
+            u = points[i] - rest.mean(0)
+            for j, r in enumerate(rhos):
+                C = (1 - r) * S_rest + r * T
+                brute[j] += -0.5 * (torch.logdet(C) + u @ torch.linalg.solve(C, u))
+        closed = _loo_log_likelihoods(centred[None, None], torch.ones(1, 1, N, dtype=torch.float64), S[None, None],
+                                      T[None, None])[0, 0]
+        torch.testing.assert_close(closed, brute, rtol=1e-9, atol=1e-9)
+        r = rhos[brute.argmax()]
+        print(f"component {k}: {N} points in d = {d}, leave-one-out choice rho = {float(r)}")
+        cov_w = untied.chol[0, k] @ untied.chol[0, k].T - ridge * torch.eye(d, dtype=torch.float64)
+        torch.testing.assert_close(L @ cov_w @ L.T, (1 - r) * S + r * T, rtol=1e-7, atol=1e-9)
+        torch.testing.assert_close(untied.mean[0, k], groups[k].mean(0))
     full = fit_mixture(ctx_w, 4, 20, 0.5, ridge)
     assert untie_mixture(ctx_w, full, frame.chol, ridge) is full
 
