@@ -11,10 +11,10 @@ Metrics per draw, then mean ± standard error over the draws: score MSE ``mean_{
 over queries and coordinates (the scale on which the paper's KDE gets 1.09: ours measures
 1.0–1.05 per draw), relative score MSE ``Σ‖ŝ − s‖²/Σ‖s‖²`` (%), log-density MSE
 ``mean_i (log f̂_i − log f_i)²``. Methods: DiScoFormer (the shipped any-d network, no
-adaptation), its mixture candidate alone (tied/unbiased fit, the network's gates removed), the
-same fit without the tied chain and unbiased precisions (the per-d networks' fit), scikit-learn
-``GaussianMixture`` (K = 1…4 by BIC, full covariances), and the best isotropic fixed-bandwidth
-KDE (searched per draw against the true score: an oracle, as in the paper). Draw i uses
+adaptation), its mixture candidate alone (tied/unbiased fit, leave-one-out covariances, the
+network's gates removed), the same fit without the tied chain, unbiased precisions and
+leave-one-out covariances (the per-d networks' fit), scikit-learn ``GaussianMixture`` (K = 1…4
+by BIC, full covariances), and the best isotropic fixed-bandwidth KDE (searched per draw against the true score: an oracle, as in the paper). Draw i uses
 ``torch.Generator().manual_seed(5_000_000 + i)``.
 """
 import argparse
@@ -33,7 +33,7 @@ import torch
 import particlescore as ps
 from _common import gmm_score, sklearn_bic_mixture, write_report
 from particlescore.affine import AffineFrame
-from particlescore.candidates import fit_mixture, mixture_candidate, untie_mixture
+from particlescore.candidates import fit_mixture, loo_covariances, mixture_candidate
 from particlescore.discoformer import recorded_sha256
 from particlescore.distributions import random_gmm
 from particlescore.estimators import oracle_bandwidth
@@ -41,14 +41,14 @@ from particlescore.estimators import oracle_bandwidth
 METHODS = ("DiScoFormer", "mixture candidate", "mixture (full only, biased)", "sklearn GMM (BIC)", "best-h KDE")
 
 
-def mixture_only(x: torch.Tensor, y: torch.Tensor, config, *, tied: bool, unbiased: bool, untie: bool):
+def mixture_only(x: torch.Tensor, y: torch.Tensor, config, *, tied: bool, unbiased: bool, loo: bool):
     """The mixture candidate alone, fitted as the network fits it, in original coordinates."""
     frame = AffineFrame.fit(x[None], config.whiten_ridge)
     ctx_w = frame.whiten(x[None])
     mix = fit_mixture(ctx_w, config.mixture_components, config.mixture_iters, config.mixture_shrink,
                       config.mixture_ridge, tied=tied, unbiased=unbiased)
-    if untie:
-        mix = untie_mixture(ctx_w, mix, frame.chol, config.mixture_ridge)
+    if loo:
+        mix = loo_covariances(ctx_w, mix, frame.chol, config.mixture_ridge)
     score_w, log_w, _ = mixture_candidate(mix, frame.whiten(y[None]))
     log_f, score = frame.unwhiten(log_w, score_w)
     return log_f[0], score[0]
@@ -86,10 +86,10 @@ def main():
         out["DiScoFormer", "sec"] = time.perf_counter() - tic
         tic = time.perf_counter()
         out["mixture candidate"] = mixture_only(x, y, config, tied=config.mixture_tied, unbiased=config.mixture_unbiased,
-                                                untie=config.mixture_untie)
+                                                loo=config.mixture_loo_covariances)
         out["mixture candidate", "sec"] = time.perf_counter() - tic
         tic = time.perf_counter()
-        out["mixture (full only, biased)"] = mixture_only(x, y, config, tied=False, unbiased=False, untie=False)
+        out["mixture (full only, biased)"] = mixture_only(x, y, config, tied=False, unbiased=False, loo=False)
         out["mixture (full only, biased)", "sec"] = time.perf_counter() - tic
         tic = time.perf_counter()
         log_gm, score_gm, k = sklearn_gmm(x.numpy(), y.numpy(), args.max_k)

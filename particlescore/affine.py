@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from .candidates import Candidates, Mixture, evaluate_candidates, fit_mixture, untie_mixture
+from .candidates import Candidates, Mixture, evaluate_candidates, fit_mixture, loo_covariances
 from .model import DiScoFormerNet
 
 __all__ = ["AffineFrame", "EncodedContext", "WhitenedModel"]
@@ -129,8 +129,8 @@ class WhitenedModel(nn.Module):
             mixture = (fitter(ctx_w, frame) if fitter is not None else
                        fit_mixture(ctx_w, c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge,
                                    mask, tied=c.mixture_tied, unbiased=c.mixture_unbiased))
-            if c.mixture_untie:
-                mixture = untie_mixture(ctx_w, mixture, frame.chol, c.mixture_ridge, mask)
+            if c.mixture_loo_covariances:
+                mixture = loo_covariances(ctx_w, mixture, frame.chol, c.mixture_ridge, mask)
         if subsample is not None:
             if mask is not None:
                 raise ValueError("subsample and counts cannot be combined")

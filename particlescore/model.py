@@ -61,7 +61,7 @@ class DiScoFormerConfig:
     mixture_ridge: float = 1e-3                # added to every component covariance (whitened units)
     mixture_tied: bool = False                 # also fit mixtures with one shared covariance (BIC picks)
     mixture_unbiased: bool = False             # unbiased precisions N/(N − d − 2) (candidates.fit_mixture)
-    mixture_untie: bool = False                # a tied fit's components get own shrunk covariances (candidates.untie_mixture)
+    mixture_loo_covariances: bool = False      # covariances re-estimated by leave-one-out shrinkage (candidates.loo_covariances)
     max_dim: int = 0                           # dim = 0 only: the largest d it was trained and checked for
 
     def to_dict(self) -> dict:

@@ -13,7 +13,7 @@ import particlescore.discoformer as dmod
 from particlescore import estimators
 from particlescore.affine import AffineFrame
 from particlescore.candidates import (LOO_INTENSITIES, Mixture, _is_tied, _loo_log_likelihoods, _unbiased_precision,
-                                      fit_mixture, mixture_candidate, refit_mixture, untie_mixture)
+                                      fit_mixture, mixture_candidate, refit_mixture, loo_covariances)
 from particlescore.discoformer import DiScoFormer, load_weights, save_weights
 from particlescore.distributions import random_gmm
 from particlescore.model import DiScoFormerConfig, DiScoFormerNet, EquivariantDiScoFormerNet
@@ -260,14 +260,14 @@ def test_tied_fit_in_high_dimension_recovers_two_components():
     assert ps.relative_score_mse(s_tied, truth) < ps.relative_score_mse(s_full, truth)
 
 
-def test_untie_shrinks_each_component_by_its_leave_one_out_likelihood_in_user_coordinates():
+def test_loo_covariances_shrink_each_component_by_its_leave_one_out_likelihood_in_user_coordinates():
     """d = 8, two Gaussians 30 apart (50 and 14 points, so the shrinkage matters), given as the
     tied fit of the labelled points. The closed-form leave-one-out log-likelihoods (Sherman–
     Morrison) equal the brute-force ones, refitting mean and scatter without each point in turn
-    (float64: to 1e-9 relative); untying gives each component ``(1 − ρ)S + ρ(tr S/d)I`` in the
-    user's coordinates with the ρ of the best brute-force likelihood (the responsibilities are
-    0/1 to e⁻¹⁰⁰; the ridge, added in whitened units, is taken off before comparing). A full or
-    one-component fit is returned as it is."""
+    (float64: to 1e-9 relative); each component gets ``(1 − ρ)S + ρ(tr S/d)I`` in the user's
+    coordinates with the ρ of the best brute-force likelihood (the responsibilities are 0/1 to
+    e⁻¹⁰⁰; the ridge, added in whitened units, is taken off before comparing). A one-component
+    fit is returned as it is."""
     d, ridge = 8, 1e-3
     g = torch.Generator().manual_seed(3)
     shift = torch.zeros(d, dtype=torch.float64)
@@ -284,7 +284,7 @@ def test_untie_shrinks_each_component_by_its_leave_one_out_likelihood_in_user_co
     tied = Mixture(torch.log(torch.tensor([sizes], dtype=torch.float64) / sum(sizes)),
                    torch.stack([w.mean(0) for w in groups])[None], torch.linalg.cholesky(pooled).expand(1, 2, d, d))
     assert bool(_is_tied(tied)[0])
-    untied = untie_mixture(ctx_w, tied, frame.chol, ridge)
+    untied = loo_covariances(ctx_w, tied, frame.chol, ridge)
     L = frame.chol[0]
     rhos = torch.tensor(LOO_INTENSITIES, dtype=torch.float64)
     bounds = (0, sizes[0], sum(sizes))
@@ -311,8 +311,8 @@ def test_untie_shrinks_each_component_by_its_leave_one_out_likelihood_in_user_co
         cov_w = untied.chol[0, k] @ untied.chol[0, k].T - ridge * torch.eye(d, dtype=torch.float64)
         torch.testing.assert_close(L @ cov_w @ L.T, (1 - r) * S + r * T, rtol=1e-7, atol=1e-9)
         torch.testing.assert_close(untied.mean[0, k], groups[k].mean(0))
-    full = fit_mixture(ctx_w, 4, 20, 0.5, ridge)
-    assert untie_mixture(ctx_w, full, frame.chol, ridge) is full
+    one = fit_mixture(ctx_w, 1, 20, 0.5, ridge)
+    assert loo_covariances(ctx_w, one, frame.chol, ridge) is one
 
 
 def test_tied_chain_is_not_used_where_full_covariances_are_affordable():

@@ -72,8 +72,8 @@ def parse_args(argv=None):
     p.add_argument("--mixture-tied", action="store_true",
                    help="let the mixture fit use one shared covariance where full ones are unaffordable")
     p.add_argument("--mixture-unbiased", action="store_true", help="unbiased precisions N/(N − d − 2) in the mixture")
-    p.add_argument("--mixture-untie", action="store_true",
-                   help="give a tied fit's components their own Ledoit–Wolf covariances (candidates.untie_mixture)")
+    p.add_argument("--mixture-loo-covariances", action="store_true",
+                   help="re-estimate the mixture's covariances by leave-one-out shrinkage (candidates.loo_covariances)")
     p.add_argument("--init-from", type=Path, default=None,
                    help="start from these weights (same config without the mixture candidate)")
     p.add_argument("--mixture-bias", type=float, default=12.0, help="initial gate of the mixture (--init-from)")
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
 
     config = DiScoFormerConfig(dim=args.dim, width=args.width, n_layers=args.layers, n_heads=args.heads,
                                mixture_components=args.mixture_components, mixture_tied=args.mixture_tied,
-                               mixture_unbiased=args.mixture_unbiased, mixture_untie=args.mixture_untie,
+                               mixture_unbiased=args.mixture_unbiased, mixture_loo_covariances=args.mixture_loo_covariances,
                                max_dim=0 if args.dim else args.max_dim)
     net = build_network(config)
     if args.init_from is not None and not args.resume:
