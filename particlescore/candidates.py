@@ -423,8 +423,8 @@ def _loo_log_likelihoods(diff: torch.Tensor, resp: torch.Tensor, cov: torch.Tens
                          target: torch.Tensor) -> torch.Tensor:
     """``Σ_i rᵢ log N(xᵢ | μ₋ᵢ, (1 − ρ)S₋ᵢ + ρT)`` (B,K,G) for ρ in :data:`LOO_INTENSITIES`, up to
     the constant ``−(d/2) log 2π`` per point, μ₋ᵢ and S₋ᵢ the weighted mean and scatter without
-    point i; in closed form: removing
-    point i (weight r_i) from N = Σr gives ``S₋ᵢ = gᵢS − rᵢN/(N − rᵢ)² zᵢzᵢᵀ`` with ``gᵢ = N/(N − rᵢ)``,
+    point i. In closed form: removing point i (weight rᵢ) from N = Σr gives
+    ``S₋ᵢ = gᵢS − rᵢN/(N − rᵢ)² zᵢzᵢᵀ`` with ``gᵢ = N/(N − rᵢ)``,
     so ``C₋ᵢ = Aᵢ − βᵢzᵢzᵢᵀ`` and Sherman–Morrison gives ``log det C₋ᵢ = log det Aᵢ + log(1 − βᵢqᵢ)``
     and ``uᵢᵀC₋ᵢ⁻¹uᵢ = gᵢ²qᵢ/(1 − βᵢqᵢ)`` (``qᵢ = zᵢᵀAᵢ⁻¹zᵢ``, ``uᵢ = gᵢzᵢ`` the offset from the
     other points' mean); Aᵢ is diagonal in the eigenbasis of the T-whitened S. ``diff`` (B,K,n,d)

@@ -67,7 +67,7 @@ from . import registry
 from ._validation import as_particles, check_min_particles
 from .estimators import ScoreEstimator
 from .affine import AffineFrame, EncodedContext, WhitenedModel
-from .candidates import Mixture, fit_mixture, refit_mixture, reframe_mixture, loo_covariances
+from .candidates import Mixture, fit_mixture, loo_covariances, refit_mixture, reframe_mixture
 from .model import DiScoFormerConfig, DiScoFormerNet, build_network
 from .stein import project_score
 
