@@ -125,17 +125,28 @@ class WhitenedModel(nn.Module):
         ctx_w = frame.whiten(context)                                        # (B, n, d)
         if mask is not None:
             ctx_w = ctx_w.masked_fill(~mask[..., None], 0.0)                 # (B, n, d)
-        if mixture is None and c.mixture_components:
-            mixture = (fitter(ctx_w, frame) if fitter is not None else
-                       fit_mixture(ctx_w, c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge,
-                                   mask, tied=c.mixture_tied, unbiased=c.mixture_unbiased))
-            if c.mixture_loo_covariances:
-                mixture = loo_covariances(ctx_w, mixture, frame.chol, c.mixture_ridge, mask)
+        if mixture is None:
+            mixture = self.fit_mixture(ctx_w, frame, mask, fitter)
         if subsample is not None:
             if mask is not None:
                 raise ValueError("subsample and counts cannot be combined")
             ctx_w = ctx_w[:, subsample]                                      # (B, P, d)
         return EncodedContext(frame, ctx_w, self.net.encode_context(ctx_w, mask), mixture, mask, counts)
+
+    def fit_mixture(self, ctx_w: torch.Tensor, frame: AffineFrame, mask: torch.Tensor | None = None,
+                    fitter=None) -> Mixture | None:
+        """The mixture candidate's fit to the whitened context (B,n,d) (None without one): the
+        cold BIC search, or ``fitter(ctx_w, frame)`` (the estimator's warm start), then the
+        leave-one-out covariances where the config asks for them."""
+        c = self.net.config
+        if not c.mixture_components:
+            return None
+        mixture = (fitter(ctx_w, frame) if fitter is not None else
+                   fit_mixture(ctx_w, c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge,
+                               mask, tied=c.mixture_tied, unbiased=c.mixture_unbiased))
+        if c.mixture_loo_covariances:
+            mixture = loo_covariances(ctx_w, mixture, frame.chol, c.mixture_ridge, mask)
+        return mixture
 
     def candidates(self, enc: EncodedContext, qry_w: torch.Tensor) -> Candidates:
         return evaluate_candidates(self.net.config, enc.ctx_w, enc.mixture, qry_w, enc.counts, enc.mask)

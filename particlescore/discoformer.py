@@ -67,7 +67,7 @@ from . import registry
 from ._validation import as_particles, check_min_particles
 from .estimators import ScoreEstimator
 from .affine import AffineFrame, EncodedContext, WhitenedModel
-from .candidates import Mixture, fit_mixture, loo_covariances, refit_mixture, reframe_mixture
+from .candidates import Mixture, fit_mixture, refit_mixture, reframe_mixture
 from .model import DiScoFormerConfig, DiScoFormerNet, build_network
 from .stein import project_score
 
@@ -578,13 +578,7 @@ class DiScoFormer(ScoreEstimator):
         ctx = ctx.masked_fill(~mask[..., None], 0.0)
         frame = AffineFrame.fit(ctx, c.whiten_ridge, mask)
         ctx_w = frame.whiten(ctx).masked_fill(~mask[..., None], 0.0)         # (G, n, d)
-        mixture = None
-        if c.mixture_components:
-            mixture = (fitter(ctx_w, frame) if fitter is not None else
-                       fit_mixture(ctx_w, c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge,
-                                   mask, tied=c.mixture_tied, unbiased=c.mixture_unbiased))
-            if c.mixture_loo_covariances:
-                mixture = loo_covariances(ctx_w, mixture, frame.chol, c.mixture_ridge, mask)
+        mixture = self.model.fit_mixture(ctx_w, frame, mask, fitter)
         P = max(sizes)
         sub = torch.zeros(len(counts), P, ctx.shape[2], dtype=ctx_w.dtype, device=dev)  # (G, P, d)
         for b, (k, size) in enumerate(zip(counts, sizes)):
