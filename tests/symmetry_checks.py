@@ -1,5 +1,6 @@
 """The exact symmetries every DiScoFormer has, checked on one estimator (float64 throughout):
-permutation of the context, translation, anisotropic axis scaling. Shared by
+permutation of the context, translation, anisotropic axis scaling (the last one not where
+``mixture_loo_covariances`` changes a multi-component fit: its target is isotropic). Shared by
 ``test_discoformer.py`` (per-d networks) and ``test_equivariant.py`` (the any-d network)."""
 import torch
 
