@@ -20,10 +20,14 @@ from particlescore.sbtm import SBTM
 #: test-time adaptation steps per call for the "discoformer-tta" rows (2 calls per Heun step,
 #: warm-started, so the head keeps adapting from step to step)
 TTA_STEPS = 2
+#: held-out particles on which the "discoformer-tta-holdout" rows' adaptation must lower the
+#: score-matching loss to be kept (``DiScoFormer(adapt_holdout=...)``; at most n/4 are held out)
+TTA_HOLDOUT = 128
 
 LABELS = {
     "discoformer-0": "DiScoFormer (0 TTA)",
     "discoformer-tta": f"DiScoFormer ({TTA_STEPS} TTA, warm)",
+    "discoformer-tta-holdout": f"DiScoFormer ({TTA_STEPS} TTA, warm, held-out check)",
     "discoformer-proj": "DiScoFormer (warm, moment projection)",
     "kde": "Scott KDE",
     "blob": "Blob",
@@ -43,21 +47,24 @@ def set_threads(threads: int) -> None:
         pass
 
 
-def make_estimator(key: str, dim: int, problem, seed: int):
+def make_estimator(key: str, dim: int, problem, seed: int, *, network: str = "auto"):
     """A fresh estimator for one run, or ``(None, reason)`` when it cannot be built.
+    ``network`` chooses DiScoFormer's weights (``DiScoFormer.pretrained``'s argument).
 
     SBTM gets the exact initial score of ``problem`` (``problem.initial_distribution().score``,
     i.e. ``−Σ0⁻¹v`` for the Gaussian start); Exact wraps ``problem.exact_distribution``.
     """
-    if key in ("discoformer-0", "discoformer-tta"):
+    if key in ("discoformer-0", "discoformer-tta", "discoformer-tta-holdout"):
         steps = 0 if key == "discoformer-0" else TTA_STEPS
+        holdout = TTA_HOLDOUT if key == "discoformer-tta-holdout" else 0
         try:
-            return ps.DiScoFormer.pretrained(dim=dim, adapt_steps=steps, warm_start=steps > 0), None
+            return ps.DiScoFormer.pretrained(dim=dim, adapt_steps=steps, warm_start=steps > 0, network=network,
+                                             adapt_holdout=holdout), None
         except ValueError as err:
             return None, f"skipped: {err}"
     if key == "discoformer-proj":
         try:
-            return ps.DiScoFormer.pretrained(dim=dim, warm_start=True, moment_projection=True), None
+            return ps.DiScoFormer.pretrained(dim=dim, warm_start=True, moment_projection=True, network=network), None
         except ValueError as err:
             return None, f"skipped: {err}"
     if key == "kde":
@@ -120,6 +127,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-points", type=int, default=40, help="about this many saved times per run")
     parser.add_argument("--threads", type=int, default=1, help="torch/numba threads (default 1)")
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--network", choices=("auto", "per-dim", "equivariant"), default="auto",
+                        help="DiScoFormer's weights (DiScoFormer.pretrained's network: auto, per-dim or the any-d network)")
 
 
 def write_csv(path, rows, keys):

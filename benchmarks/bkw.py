@@ -65,7 +65,7 @@ def main(argv=None):
         n_steps = int(round(args.duration / args.dt))
         warm_up(problem)
         for key in args.estimators:
-            est, why = make_estimator(key, d, problem, args.seed)
+            est, why = make_estimator(key, d, problem, args.seed, network=args.network)
             if est is None:
                 note = f"d={d} {LABELS[key]}: {why}"
                 print(note, flush=True)

@@ -88,7 +88,7 @@ def main(argv=None):
         problem = AnisotropicMaxwell(d)
         warm_up(problem)
         for key in args.estimators:
-            est, why = make_estimator(key, d, problem, args.seed)
+            est, why = make_estimator(key, d, problem, args.seed, network=args.network)
             if est is None:
                 note = f"d={d} {LABELS[key]}: {why}"
                 print(note, flush=True)

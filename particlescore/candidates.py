@@ -518,7 +518,8 @@ def refit_mixture(x: torch.Tensor, mix: Mixture, iters: int, shrink: float, ridg
     """Warm start: ``iters`` EM steps on ``x`` (B,n,d) from ``mix`` (its padding stays padding).
     ``mask`` (B,n) marks the points of a padded batch (default: every row). Returns the mixture
     and its log-likelihood gain per point over the sample Gaussian ``(ℓ_K − ℓ_1)/n_b`` (B,)
-    (float64). A tied fit (:func:`_is_tied`) stays tied; ``unbiased`` as in :func:`fit_mixture`."""
+    (float64). A tied fit (:func:`_is_tied`) stays tied; ``unbiased`` as in :func:`fit_mixture`.
+    A one-component fit becomes the sample Gaussian of ``x``, as in :func:`fit_mixture`."""
     dtype, x = mix.mean.dtype, x.double()
     omega = None if mask is None else mask.to(torch.float64)                 # (B, n)
     used = torch.isfinite(mix.log_weight)                                    # (B, K)
@@ -526,12 +527,29 @@ def refit_mixture(x: torch.Tensor, mix: Mixture, iters: int, shrink: float, ridg
     one = fit_mixture(x, 1, 0, shrink, ridge, mask)                          # the sample Gaussian
     base = _log_likelihood(x, Mixture(one.log_weight.double(), one.mean.double(), one.chol.double()), omega)
     if iters:
-        mix, _ = _em(x, mix, iters, shrink, ridge, omega, tied=_is_tied(mix))
-        # padding must stay padding (EM gives an empty component weight log 1e-10/n, not −inf)
-        mix = Mixture(torch.where(used, mix.log_weight, -math.inf), mix.mean, mix.chol)
-        if unbiased:
-            mix = _unbiased_precision(mix, torch.as_tensor(x.shape[1] if omega is None else omega.sum(-1),
-                                                           dtype=x.dtype, device=x.device).expand(x.shape[0]))
+        B, K, d = mix.mean.shape
+        counts = torch.as_tensor(x.shape[1] if omega is None else omega.sum(-1), dtype=x.dtype,
+                                 device=x.device).expand(B)                  # (B,)
+        single = used.sum(-1) == 1                                           # (B,) one-component fits
+        if not bool(single.all()):
+            mix, _ = _em(x, mix, iters, shrink, ridge, omega, tied=_is_tied(mix))
+            # padding must stay padding (EM gives an empty component weight log 1e-10/n, not −inf)
+            mix = Mixture(torch.where(used, mix.log_weight, -math.inf), mix.mean, mix.chol)
+            if unbiased:
+                mix = _unbiased_precision(mix, counts)
+        if bool(single.any()):
+            # one component: the search's fit, the sample Gaussian (EM would only add its shrinkage),
+            # so that warm and cold calls agree there, and no EM runs on Gaussian ensembles
+            eye = torch.eye(d, dtype=x.dtype, device=x.device)
+            sample = Mixture(F.pad(one.log_weight.double(), (0, K - 1), value=-math.inf),
+                             F.pad(one.mean.double(), (0, 0, 0, K - 1)),
+                             torch.cat([one.chol.double(), eye.expand(B, K - 1, d, d)], 1))
+            if unbiased:
+                sample = _unbiased_precision(sample, counts)
+            pick = single.view(B, 1)
+            mix = Mixture(torch.where(pick, sample.log_weight, mix.log_weight),
+                          torch.where(pick[..., None], sample.mean, mix.mean),
+                          torch.where(pick[..., None, None], sample.chol, mix.chol))
     points = x.shape[1] if omega is None else omega.sum(-1)
     gain = (_log_likelihood(x, mix, omega) - base) / points
     return Mixture(mix.log_weight.to(dtype), mix.mean.to(dtype), mix.chol.to(dtype)), gain

@@ -209,7 +209,7 @@ class DiScoFormer(ScoreEstimator):
                  warm_start: bool = False, proximal: float = 1e-2, max_drift: float = 0.5,
                  adapt_points: int = 256, warm_iters: int = 3, refit_every: int = 25,
                  max_context: int | None = 2048, max_pairs: int = 2 ** 23, moment_projection: bool = False,
-                 source: str = "<in memory>", sha256: str | None = None):
+                 adapt_holdout: int = 0, source: str = "<in memory>", sha256: str | None = None):
         if not isinstance(adapt_steps, int) or isinstance(adapt_steps, bool) or adapt_steps < 0:
             raise ValueError(f"adapt_steps must be a non-negative int, got {adapt_steps!r}")
         if not adapt_lr > 0:
@@ -221,6 +221,7 @@ class DiScoFormer(ScoreEstimator):
             raise ValueError(f"dim={dim!r} does not match the network's dim={net.config.dim}")
         dim = net.config.dim or dim
         for name, value, low in (("warm_iters", warm_iters, 0), ("refit_every", refit_every, 1),
+                                 ("adapt_holdout", adapt_holdout, 0),
                                  ("max_pairs", max_pairs, 1),
                                  ("max_context", 2 * (dim + 1) if max_context is None else max_context,
                                   2 * (dim + 1))):
@@ -228,6 +229,7 @@ class DiScoFormer(ScoreEstimator):
                 raise ValueError(f"{name} must be an int >= {low}{' or None' if name == 'max_context' else ''}, "
                                  f"got {value!r}")
         self.warm_iters, self.refit_every, self.max_context = warm_iters, refit_every, max_context
+        self.adapt_holdout = adapt_holdout
         self.max_pairs = max_pairs
         if not isinstance(moment_projection, bool):
             raise ValueError(f"moment_projection must be true or false, got {moment_projection!r}")
@@ -250,7 +252,7 @@ class DiScoFormer(ScoreEstimator):
     def pretrained(cls, dim: int, *, network: str = "auto", adapt_steps: int = 0, adapt_lr: float = 1e-3,
                    warm_start: bool = False, warm_iters: int = 3, refit_every: int = 25,
                    max_context: int | None = 2048, max_pairs: int = 2 ** 23,
-                   moment_projection: bool = False) -> "DiScoFormer":
+                   moment_projection: bool = False, adapt_holdout: int = 0) -> "DiScoFormer":
         """The shipped weights for dimension ``dim``. ``network``: ``"auto"`` (the weights trained
         for ``dim`` when shipped, else the any-d network), ``"per-dim"`` or ``"equivariant"``.
         ValueError listing the supported dims otherwise."""
@@ -271,13 +273,14 @@ class DiScoFormer(ScoreEstimator):
                              adapt_lr=adapt_lr, warm_start=warm_start,
                              warm_iters=warm_iters, refit_every=refit_every, max_context=max_context,
                              max_pairs=max_pairs, moment_projection=moment_projection,
-                             expected_sha256=recorded_sha256(key))
+                             adapt_holdout=adapt_holdout, expected_sha256=recorded_sha256(key))
 
     @classmethod
     def from_file(cls, path, *, dim: int | None = None, adapt_steps: int = 0, adapt_lr: float = 1e-3,
                   warm_start: bool = False, warm_iters: int = 3, refit_every: int = 25,
                   max_context: int | None = 2048, max_pairs: int = 2 ** 23,
-                  moment_projection: bool = False, expected_sha256: str | None = None) -> "DiScoFormer":
+                  moment_projection: bool = False, adapt_holdout: int = 0,
+                  expected_sha256: str | None = None) -> "DiScoFormer":
         """Weights from any file written by :func:`save_weights` (``dim``: required for the any-d
         network); with ``expected_sha256`` the file's checksum must match (ValueError otherwise)."""
         sha = file_sha256(path) if Path(path).is_file() else None
@@ -288,7 +291,8 @@ class DiScoFormer(ScoreEstimator):
         net, _ = load_weights(path)
         return cls(net, dim=dim, adapt_steps=adapt_steps, adapt_lr=adapt_lr, warm_start=warm_start,
                    warm_iters=warm_iters, refit_every=refit_every, max_context=max_context,
-                   max_pairs=max_pairs, moment_projection=moment_projection, source=Path(path).name, sha256=sha)
+                   max_pairs=max_pairs, moment_projection=moment_projection, adapt_holdout=adapt_holdout,
+                   source=Path(path).name, sha256=sha)
 
     # ------------------------------------------------------------------ state
     def to(self, device) -> "DiScoFormer":
@@ -356,7 +360,8 @@ class DiScoFormer(ScoreEstimator):
         return {"estimator": "DiScoFormer", "dim": self.dim, "adapt_steps": self.adapt_steps,
                 "adapt_lr": self.adapt_lr, "warm_start": self.warm_start, "warm_iters": self.warm_iters,
                 "refit_every": self.refit_every, "max_context": self.max_context or 0, "max_pairs": self.max_pairs,
-                "moment_projection": self.moment_projection, "weights": self.source,
+                "moment_projection": self.moment_projection, "adapt_holdout": self.adapt_holdout,
+                "weights": self.source,
                 "weights_sha256": self.sha256 or ""}
 
     # ------------------------------------------------------------------ evaluation
@@ -444,14 +449,18 @@ class DiScoFormer(ScoreEstimator):
         idx = torch.randperm(n, generator=g)[: self.adapt_points]
         return ctx_w[:, idx]
 
-    def _adapt(self, enc: EncodedContext) -> float:
+    def _adapt(self, enc: EncodedContext, context: torch.Tensor) -> float:
         """``adapt_steps`` Adam steps on the consistency loss at the adaptation queries; returns the
         loss there afterwards. Never increases it: when the steps end higher than they started
-        (Adam overshooting, or the proximal pull), the parameters go back to where they started."""
+        (Adam overshooting, or the proximal pull), the parameters go back to where they started.
+        With ``adapt_holdout`` they also go back unless the steps lowered the score-matching loss
+        on held-out particles (:meth:`_holdout_check`)."""
         params = self.net.adaptable_parameters()
         qry_w = self._adaptation_queries(enc.ctx_w)
         start = [p.detach().clone() for p in params]
         before = float(self._consistency(enc, qry_w, create_graph=False).detach())
+        check = self._holdout_check(enc, context) if self.adapt_holdout else None
+        sm_before = check() if check is not None else None
         for p in params:
             p.requires_grad_(True)
         optimizer = torch.optim.Adam(params, lr=self.adapt_lr)
@@ -472,12 +481,70 @@ class DiScoFormer(ScoreEstimator):
             for p in params:
                 p.requires_grad_(False)
         after = float(self._consistency(enc, qry_w, create_graph=False).detach())
-        if not after <= before:  # also catches NaN
+        keep = after <= before  # also False for NaN
+        if keep and check is not None:
+            keep = check() <= sm_before
+        if not keep:
             with torch.no_grad():
                 for p, p_start in zip(params, start):
                     p.copy_(p_start)
             return before
         return after
+
+    def _holdout_check(self, enc: EncodedContext, context: torch.Tensor):
+        """A function returning the score-matching loss (:meth:`_score_matching_loss`) of the
+        current head on ``v = min(adapt_holdout, n // 4)`` particles held out of the context (a
+        seeded draw, fresh per warm call), the model's context being the other particles (in their
+        own frame; the mixture is the call's fit carried into it). A lower loss on points the
+        context did not see estimates a smaller score error (cross-validated score matching),
+        which the consistency loss the steps minimise does not: on BKW in d = 2 steps that lowered
+        it raised the error (README). None when n is too small to hold points out (the steps are
+        then kept or undone by the consistency loss alone)."""
+        split = self._holdout_split(enc, context)
+        if split is None:
+            return None
+        val, held = split
+        return lambda: self._score_matching_loss(val, held)
+
+    def _holdout_split(self, enc: EncodedContext, context: torch.Tensor):
+        """``(encoded context without the held-out particles, held-out particles (v,d))`` or None
+        (:meth:`_holdout_check`)."""
+        n, d = context.shape
+        v = min(self.adapt_holdout, n // 4)
+        if v < 1 or n - v < 2 * (d + 1):
+            return None
+        g = torch.Generator().manual_seed(7_919 * n + self._calls)
+        order = torch.randperm(n, generator=g).to(context.device)
+        held, kept = context[order[:v]], context[order[v:]]                  # (v, d), (n − v, d)
+        size = self.context_size(n - v, v)
+        subsample = None if size >= n - v else torch.randperm(n - v, generator=g)[:size].to(context.device)
+
+        def carried(ctx_w, frame):
+            return reframe_mixture(enc.mixture, *enc.frame.change_to(frame))
+        with torch.no_grad():
+            val = self.model.encode(kept.to(self._model_dtype())[None], subsample=subsample,
+                                    fitter=carried if enc.mixture is not None else None)
+        return val, held
+
+    def _score_matching_loss(self, enc: EncodedContext, points: torch.Tensor) -> float:
+        """Hyvärinen's (2005, JMLR 6, eq. 4) score-matching loss of the model's score at
+        ``points`` (v,d), in the original coordinates: ``J = mean_i ½|s(x_i)|² + ∇·s(x_i)``, equal
+        to ``½ E|s − ∇log f|²`` up to a constant independent of s when the points are drawn from f.
+        With ``x = Lw + μ``: ``s = L⁻ᵀs_w``, so ``|s|² = s_wᵀMs_w`` and ``∇·s = tr(L⁻ᵀJ_wL⁻¹) =
+        tr(J_w M)`` with ``M = L⁻¹L⁻ᵀ``, J_w the Jacobian of the whitened score (d backward passes)."""
+        d = points.shape[-1]
+        q = enc.frame.whiten(points.to(self._model_dtype())[None]).detach().requires_grad_(True)  # (1, v, d)
+        eye = torch.eye(d, dtype=q.dtype, device=q.device)
+        inv_l = torch.linalg.solve_triangular(enc.frame.chol, eye, upper=False)  # (1, d, d) L⁻¹
+        metric = inv_l @ inv_l.transpose(-1, -2)                             # (1, d, d) M = L⁻¹L⁻ᵀ
+        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+            _, score_w = self.model.decode_whitened(enc, q)                  # (1, v, d)
+            jac = torch.stack([torch.autograd.grad(score_w[..., k].sum(), q, retain_graph=k < d - 1)[0]
+                               for k in range(d)], -2)                       # (1, v, d, d) ∂s_w,k/∂w_l
+        score_w = score_w.detach()
+        sq = ((score_w @ metric) * score_w).sum(-1)                          # (1, v) |s|²
+        div = (jac * metric[:, None]).sum((-2, -1))                          # (1, v) tr(J_w M), M symmetric
+        return float((0.5 * sq + div).mean())
 
     def consistency_loss(self, context) -> float:
         """Label-free consistency ``mean_i ‖S_i − ∇_y T_i‖²`` at the context points (whitened
@@ -718,7 +785,7 @@ class DiScoFormer(ScoreEstimator):
         if self.adapt_steps > 0:
             if not self.warm_start:
                 self.reset()
-            self._last_consistency = self._adapt(enc)
+            self._last_consistency = self._adapt(enc, context)
         with torch.no_grad():
             log_f, score = self.model.predict(enc, queries.to(self._model_dtype())[None])  # (1, m), (1, m, d)
         score = score[0].to(context.dtype)                                   # (m, d)
