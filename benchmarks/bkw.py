@@ -117,7 +117,7 @@ def main(argv=None):
 
 def markdown(rows, args):
     lines = [f"## BKW solution (Landau, Maxwell molecules, B = 1/24): n = {args.n}, dt = {args.dt}, "
-             f"t ∈ [t0, t0 + {args.duration}], seed = {args.seed}, Heun", "",
+             f"t ∈ [t0, t0 + {args.duration}], seed = {args.seed}, Heun; DiScoFormer weights: network = {args.network} (DiScoFormer.pretrained)", "",
              "Relative score error Σ‖ŝ−s‖²/Σ‖s‖² (%) at the particles against the exact BKW score; "
              "time average = trapezoid over the saved times. Covariance error: max_t,kl |Σ̂kl − δkl| "
              "(includes the initial sampling error). Energy drift max_t|E(t)−E(0)|/E(0).", "",

@@ -138,7 +138,7 @@ def main(argv=None):
 
 def markdown(rows, args):
     head = [f"## Anisotropic Maxwell relaxation: n = {args.n}, dt = {args.dt}, t ∈ [0, {args.t_end}], "
-            f"seed = {args.seed}, Heun", "",
+            f"seed = {args.seed}, Heun; DiScoFormer weights: network = {args.network} (DiScoFormer.pretrained)", "",
             "Errors of the particle covariance: against the exact Σ(t) from Σ0 (includes the initial "
             "sampling error, identical for all rows), and against the exact curve started from the "
             "particles' Σ̂(0) (estimator + time-stepping error only). Momentum drift "

@@ -75,3 +75,43 @@ def test_adapt_holdout_is_validated_reported_and_reachable_from_toml():
     assert est._holdout_split(est._prepare(x), x)[1].shape == (1, 2)   # 7 // 4 = 1 out, 6 = 2(d + 1) left
     assert est._holdout_split(est._prepare(x[:6]), x[:6]) is None      # 5 left: too few to whiten
     est(x[:6])                                                         # adapts on the consistency loss alone
+
+
+@pytest.mark.parametrize("winner", ["start", "adapted", "pretrained"])
+def test_the_head_with_the_lowest_held_out_loss_is_kept(winner):
+    """``_keep_best_held_out`` keeps, of the head the call started from, the adapted head (the
+    current parameters) and the pretrained head, the one the check scores lowest; the check here
+    is the squared distance to one of the three, so that one must come back exactly."""
+    est = ps.DiScoFormer.pretrained(dim=2, adapt_steps=1, adapt_holdout=8)
+    params = est.net.adaptable_parameters()
+    g = torch.Generator().manual_seed(0)
+    start = [p0 + 0.1 * torch.randn(p0.shape, generator=g) for p0 in est._pretrained]
+    adapted = [p0 + 0.1 * torch.randn(p0.shape, generator=g) for p0 in est._pretrained]
+    heads = {"start": start, "adapted": adapted, "pretrained": est._pretrained}
+    target = [t.clone() for t in heads[winner]]
+
+    def check():
+        return float(sum(((p - t) ** 2).sum() for p, t in zip(params, target)))
+    with torch.no_grad():
+        for p, a in zip(params, adapted):
+            p.copy_(a)
+    x = BKWProblem(2).initial_distribution().sample(64, generator=g)
+    enc = est._prepare(x)
+    qry_w = est._adaptation_queries(enc.ctx_w)
+    est._keep_best_held_out(enc, qry_w, check, params, [(check_of(start, params, check), start, 1.0),
+                                                        (check(), None, 2.0)])
+    for p, t in zip(params, heads[winner]):
+        assert torch.equal(p, t)
+
+
+def check_of(values, params, check):
+    """``check()`` with ``params`` temporarily set to ``values``."""
+    saved = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, v in zip(params, values):
+            p.copy_(v)
+    loss = check()
+    with torch.no_grad():
+        for p, v in zip(params, saved):
+            p.copy_(v)
+    return loss
