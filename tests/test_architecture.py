@@ -75,7 +75,7 @@ def test_adapt_steps_reaches_the_adaptation_code_through_at_most_4_modules(tmp_p
     from particlescore import discoformer
     from particlescore.cli import main
 
-    def reached(self, enc):
+    def reached(self, enc, context):
         assert self.adapt_steps == SENTINEL
         raise _Reached
 
