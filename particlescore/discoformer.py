@@ -491,8 +491,10 @@ class DiScoFormer(ScoreEstimator):
                 p.requires_grad_(False)
         after = float(self._consistency(enc, qry_w, create_graph=False).detach())
         if check is not None:
-            return self._keep_best_held_out(enc, qry_w, check, params,
-                                            [(sm_before, start, before)] + ([(check(), None, after)] if after <= before else []))
+            heads = [(sm_before, start, before)]
+            if after <= before:  # the adapted head competes only if its consistency loss did not rise
+                heads.append((check(), None, after))
+            return self._keep_best_held_out(enc, qry_w, check, params, heads)
         if not after <= before:  # also catches NaN
             with torch.no_grad():
                 for p, p_start in zip(params, start):
@@ -510,7 +512,7 @@ class DiScoFormer(ScoreEstimator):
                 p.copy_(p0)
         heads = heads + [(check(), self._pretrained, None)]
         best = min(range(len(heads)), key=lambda i: (heads[i][0] if heads[i][0] == heads[i][0] else math.inf, i))  # NaN last
-        loss, values, consistency = heads[best]
+        _, values, consistency = heads[best]
         with torch.no_grad():
             for p, v in zip(params, current if values is None else values):
                 p.copy_(v)
