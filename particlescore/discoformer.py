@@ -17,7 +17,8 @@ consistency loss are undone. The consistency loss is not the score error, though
 d = 2 adaptation that lowered it raised the error): with ``adapt_holdout = v`` each call holds v
 particles (at most n/4) out of the context and keeps, of the head it started from, the adapted
 head and the pretrained head, the one with the lowest score-matching loss ``mean ½|s|² + ∇·s``
-(Hyvärinen 2005) on the held-out particles, an estimate of the score error up to a constant.
+(Hyvärinen 2005) on the held-out particles, an estimate of the score error up to a constant
+(docs/adaptation.md).
 
 Warm start (``warm_start=True``, the solver's mode; issue 8 item 1): each call starts from the
 state the previous call left, on the premise that consecutive contexts are the same ensemble a
