@@ -376,10 +376,11 @@ def test_warm_and_cold_calls_agree_on_a_gaussian_ensemble(dim):
         np.testing.assert_array_equal(log_w, log_c)
 
 
-def test_state_dict_resume_is_bitwise_with_adaptation_and_warm_fit():
-    def make():
+@pytest.mark.parametrize("holdout", [0, 64])
+def test_state_dict_resume_is_bitwise_with_adaptation_and_warm_fit(holdout):
+    def make():  # with holdout: the held-out draw is seeded by the call count, which the state holds
         return ps.DiScoFormer.pretrained(dim=2, warm_start=True, adapt_steps=1, adapt_lr=1e-2, max_context=300,
-                                       max_pairs=1000)  # a 300-point random context per call
+                                       max_pairs=1000, adapt_holdout=holdout)  # a 300-point random context per call
     straight = make()
     for t in range(4):
         x, _ = _separating_pair(2, t)
