@@ -20,8 +20,8 @@ from particlescore.sbtm import SBTM
 #: test-time adaptation steps per call for the "discoformer-tta" rows (2 calls per Heun step,
 #: warm-started, so the head keeps adapting from step to step)
 TTA_STEPS = 2
-#: held-out particles on which the "discoformer-tta-holdout" rows' adaptation must lower the
-#: score-matching loss to be kept (``DiScoFormer(adapt_holdout=...)``; at most n/4 are held out)
+#: held-out particles on which the "discoformer-tta-holdout" rows choose their head by
+#: score matching (``DiScoFormer(adapt_holdout=...)``, docs/adaptation.md; at most n/4 held out)
 TTA_HOLDOUT = 128
 
 LABELS = {

@@ -301,6 +301,15 @@ def _unbiased_precision(mix: Mixture, counts: torch.Tensor) -> Mixture:
     return Mixture(mix.log_weight, mix.mean, mix.chol * factor.sqrt()[..., None, None])
 
 
+def _padded(mix: Mixture, size: int) -> Mixture:
+    """``mix`` padded to ``size`` components: weight 0 (log −inf), mean 0, identity covariance."""
+    B, k, d = mix.mean.shape
+    extra = size - k
+    eye = torch.eye(d, dtype=mix.mean.dtype, device=mix.mean.device)
+    return Mixture(F.pad(mix.log_weight, (0, extra), value=-math.inf), F.pad(mix.mean, (0, 0, 0, extra)),
+                   torch.cat([mix.chol, eye.expand(B, extra, d, d)], 1))
+
+
 @torch.no_grad()
 def fit_mixture(x: torch.Tensor, max_components: int, iters: int, shrink: float, ridge: float,
                 mask: torch.Tensor | None = None, *, tied: bool = False, unbiased: bool = False) -> Mixture:
@@ -349,11 +358,6 @@ def fit_mixture(x: torch.Tensor, max_components: int, iters: int, shrink: float,
     mix = Mixture(torch.zeros(B, 1, dtype=x.dtype, device=x.device), mean0, torch.linalg.cholesky(cov))
     loglik = _log_likelihood(x, mix, omega)
 
-    def padded(m: Mixture, k: int) -> Mixture:
-        extra = max_components - k
-        return Mixture(F.pad(m.log_weight, (0, extra), value=-math.inf), F.pad(m.mean, (0, 0, 0, extra)),
-                       torch.cat([m.chol, eye.expand(B, extra, d, d)], 1))
-
     def bic(k: int, ll: torch.Tensor) -> torch.Tensor:
         return -2 * ll + (k * (d + d * (d + 1) / 2) + k - 1) * log_n
 
@@ -378,7 +382,7 @@ def fit_mixture(x: torch.Tensor, max_components: int, iters: int, shrink: float,
         return Mixture(torch.cat([log_w, log_w[rows, j, None]], 1),
                        torch.cat([mean, (m.mean[rows, j] - delta)[:, None]], 1), torch.linalg.cholesky(cov))
 
-    best, best_bic = padded(mix, 1), bic(1, loglik)
+    best, best_bic = _padded(mix, max_components), bic(1, loglik)
     tied_allowed = 2 * (d + d * (d + 1) / 2) + 1 > counts / 2               # (B,) docstring
     chains = [(mix, False, bic)] + ([(mix, True, bic_tied)] if tied and bool(tied_allowed.any()) else [])
     for k in range(2, max_components + 1):
@@ -395,7 +399,7 @@ def fit_mixture(x: torch.Tensor, max_components: int, iters: int, shrink: float,
             if omega is not None:
                 better = better & (k * d <= counts / 2)                      # (B,) per-element cap
             best = Mixture(*(torch.where(better.view((B,) + (1,) * (new.dim() - 1)), new, old)
-                             for new, old in zip(padded(chain, k), best)))
+                             for new, old in zip(_padded(chain, max_components), best)))
             best_bic = torch.where(better, score, best_bic)
         chains = grown
     if unbiased:
@@ -527,7 +531,7 @@ def refit_mixture(x: torch.Tensor, mix: Mixture, iters: int, shrink: float, ridg
     one = fit_mixture(x, 1, 0, shrink, ridge, mask)                          # the sample Gaussian
     base = _log_likelihood(x, Mixture(one.log_weight.double(), one.mean.double(), one.chol.double()), omega)
     if iters:
-        B, K, d = mix.mean.shape
+        B, K = mix.mean.shape[:2]
         counts = torch.as_tensor(x.shape[1] if omega is None else omega.sum(-1), dtype=x.dtype,
                                  device=x.device).expand(B)                  # (B,)
         single = used.sum(-1) == 1                                           # (B,) one-component fits
@@ -540,10 +544,7 @@ def refit_mixture(x: torch.Tensor, mix: Mixture, iters: int, shrink: float, ridg
         if bool(single.any()):
             # one component: the search's fit, the sample Gaussian (EM would only add its shrinkage),
             # so that warm and cold calls agree there, and no EM runs on Gaussian ensembles
-            eye = torch.eye(d, dtype=x.dtype, device=x.device)
-            sample = Mixture(F.pad(one.log_weight.double(), (0, K - 1), value=-math.inf),
-                             F.pad(one.mean.double(), (0, 0, 0, K - 1)),
-                             torch.cat([one.chol.double(), eye.expand(B, K - 1, d, d)], 1))
+            sample = _padded(Mixture(*(t.double() for t in one)), K)
             if unbiased:
                 sample = _unbiased_precision(sample, counts)
             pick = single.view(B, 1)

@@ -462,14 +462,15 @@ class DiScoFormer(ScoreEstimator):
         loss there afterwards. Never increases it: when the steps end higher than they started
         (Adam overshooting, or the proximal pull), the parameters go back to where they started.
         With ``adapt_holdout`` the head kept is instead the one with the lowest score-matching loss
-        on held-out particles (:meth:`_holdout_check`) among the one the call started from, the
+        on held-out particles (:meth:`_holdout_split`) among the one the call started from, the
         adapted one (if its consistency loss did not rise) and the pretrained one: a warm start
         cannot drift through a chain of steps that each looked better on a noisy check."""
         params = self.net.adaptable_parameters()
         qry_w = self._adaptation_queries(enc.ctx_w)
         start = [p.detach().clone() for p in params]
         before = float(self._consistency(enc, qry_w, create_graph=False).detach())
-        check = self._holdout_check(enc, context) if self.adapt_holdout else None
+        split = self._holdout_split(enc, context) if self.adapt_holdout else None
+        check = None if split is None else (lambda: self._score_matching_loss(*split))
         sm_before = check() if check is not None else None
         for p in params:
             p.requires_grad_(True)
@@ -504,14 +505,17 @@ class DiScoFormer(ScoreEstimator):
         return after
 
     def _keep_best_held_out(self, enc, qry_w, check, params, heads) -> float:
-        """Of the heads ``(held-out loss, values or None for the current ones, consistency loss)``
-        and the pretrained head, keep the one with the lowest held-out score-matching loss (ties:
+        """Of the heads ``(held-out loss, values or None for the current ones, consistency loss)``,
+        the first being the one the call started from, and the pretrained head (evaluated only when
+        it is not that first one), keep the one with the lowest held-out score-matching loss (ties:
         the earliest); returns its consistency loss."""
         current = [p.detach().clone() for p in params]
-        with torch.no_grad():
-            for p, p0 in zip(params, self._pretrained):
-                p.copy_(p0)
-        heads = heads + [(check(), self._pretrained, None)]
+        start = heads[0][1]
+        if not all(torch.equal(v, p0) for v, p0 in zip(start, self._pretrained)):  # else it is heads[0]
+            with torch.no_grad():
+                for p, p0 in zip(params, self._pretrained):
+                    p.copy_(p0)
+            heads = heads + [(check(), self._pretrained, None)]
         best = min(range(len(heads)), key=lambda i: (heads[i][0] if heads[i][0] == heads[i][0] else math.inf, i))  # NaN last
         _, values, consistency = heads[best]
         with torch.no_grad():
@@ -521,24 +525,15 @@ class DiScoFormer(ScoreEstimator):
             consistency = float(self._consistency(enc, qry_w, create_graph=False).detach())
         return consistency
 
-    def _holdout_check(self, enc: EncodedContext, context: torch.Tensor):
-        """A function returning the score-matching loss (:meth:`_score_matching_loss`) of the
-        current head on ``v = min(adapt_holdout, n // 4)`` particles held out of the context (a
-        seeded draw, fresh per warm call), the model's context being the other particles (in their
-        own frame; the mixture is the call's fit carried into it). A lower loss on points the
-        context did not see estimates a smaller score error (cross-validated score matching),
-        which the consistency loss the steps minimise does not: on BKW in d = 2 steps that lowered
-        it raised the error (README). None when n is too small to hold points out (the steps are
-        then kept or undone by the consistency loss alone)."""
-        split = self._holdout_split(enc, context)
-        if split is None:
-            return None
-        val, held = split
-        return lambda: self._score_matching_loss(val, held)
-
     def _holdout_split(self, enc: EncodedContext, context: torch.Tensor):
-        """``(encoded context without the held-out particles, held-out particles (v,d))`` or None
-        (:meth:`_holdout_check`)."""
+        """``(encoded context without the held-out particles, held-out particles (v,d))``: ``v =
+        min(adapt_holdout, n // 4)`` particles held out of the context (a seeded draw, fresh per
+        warm call), the rest encoded as the model's context (in their own frame; the mixture is the
+        call's fit carried into it). A lower score-matching loss on points the context did not see
+        estimates a smaller score error (cross-validated score matching), which the consistency
+        loss the steps minimise does not: on BKW in d = 2 steps that lowered it raised the error
+        (docs/adaptation.md). None when n is too small to hold points out (the steps are then kept
+        or undone by the consistency loss alone)."""
         n, d = context.shape
         v = min(self.adapt_holdout, n // 4)
         if v < 1 or n - v < 2 * (d + 1):
