@@ -47,6 +47,15 @@ def set_threads(threads: int) -> None:
         pass
 
 
+def discoformer_for(dim: int, network: str = "per-dim", weights_dir: Path | None = None):
+    """The shipped DiScoFormer for ``dim`` (``network`` as in ``DiScoFormer.pretrained``), or with
+    ``weights_dir`` the file ``discoformer_d{dim}.safetensors`` there: weights measured before
+    they are shipped."""
+    if weights_dir is None:
+        return ps.DiScoFormer.pretrained(dim=dim, network=network)
+    return ps.DiScoFormer.from_file(Path(weights_dir) / f"discoformer_d{dim}.safetensors", dim=dim)
+
+
 def make_estimator(key: str, dim: int, problem, seed: int, *, network: str = "auto"):
     """A fresh estimator for one run, or ``(None, reason)`` when it cannot be built.
     ``network`` chooses DiScoFormer's weights (``DiScoFormer.pretrained``'s argument).

@@ -47,8 +47,8 @@ import numpy as np
 import torch
 
 import particlescore as ps
-from _common import gmm_score, sklearn_bic_mixture, write_report
-from particlescore.discoformer import available_dims, recorded_sha256
+from _common import discoformer_for, gmm_score, sklearn_bic_mixture, write_report
+from particlescore.discoformer import available_dims, file_sha256, recorded_sha256
 from particlescore.distributions import Distribution, Laplace, StudentT
 from particlescore.training.evaluate import evaluation_problem
 
@@ -230,6 +230,8 @@ def main():
     parser.add_argument("--draws", type=int, default=6)
     parser.add_argument("--max-k", type=int, default=10, help="largest sklearn mixture tried by BIC")
     parser.add_argument("--network", choices=("per-dim", "equivariant"), default="per-dim")
+    parser.add_argument("--weights-dir", type=Path, default=None,
+                        help="evaluate discoformer_d{d}.safetensors from this folder instead of the shipped files")
     parser.add_argument("--out", type=Path, default=None, help="write the markdown report here")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -237,7 +239,7 @@ def main():
     load_before = os.getloadavg()
     results = {}
     for d in args.dims:
-        est = ps.DiScoFormer.pretrained(dim=d, network=args.network)
+        est = discoformer_for(d, args.network, args.weights_dir)
         for shape in args.shapes:
             if shape == "banana" and d < 2:
                 continue
@@ -259,7 +261,10 @@ def main():
               f"scikit-learn {sklearn.__version__}, Python {platform.python_version()}; load average "
               f"{load_before[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end (2 cores); "
               f"{time.perf_counter() - start:.0f} s wall.", "",
-              ("Weights sha256: " + ", ".join(f"d={d} {recorded_sha256(d)[:12]}" for d in args.dims) + "."
+              ("Weights sha256: " + ", ".join(f"d={d} {file_sha256(args.weights_dir / f'discoformer_d{d}.safetensors')[:12]}"
+                                              for d in args.dims) + f" (files in {args.weights_dir})."
+               if args.weights_dir is not None else
+               "Weights sha256: " + ", ".join(f"d={d} {recorded_sha256(d)[:12]}" for d in args.dims) + "."
                if args.network == "per-dim" else
                f"Weights: the any-d network, sha256 {recorded_sha256('equivariant')[:12]}."), "",
               "Protocol: see the docstring of `benchmarks/ablation.py`. The *best candidate* is chosen per cell "

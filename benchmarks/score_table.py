@@ -21,12 +21,14 @@ from particlescore.discoformer import available_dims
 from particlescore.distributions import Laplace, StudentT
 from particlescore.training.evaluate import evaluate
 
+from _common import discoformer_for
 
-def score_table(dims, sizes, mixtures, network="per-dim"):
+
+def score_table(dims, sizes, mixtures, network="per-dim", weights_dir=None):
     lines = ["| d | n | DiScoFormer score % | Scott KDE score % | oracle-h KDE score % | DiScoFormer log-MSE | Scott KDE log-MSE | oracle-h KDE log-MSE |",
              "|---|---|---|---|---|---|---|---|"]
     for d in dims:
-        est = ps.DiScoFormer.pretrained(dim=d, network=network)
+        est = discoformer_for(d, network, weights_dir)
         for n in sizes:
             t0 = time.perf_counter()
             r = evaluate({"DiScoFormer": est, "Scott KDE": ps.KDE("scott")}, d, n, mixtures)
@@ -67,12 +69,16 @@ def main():
     parser.add_argument("--no-out-of-family", action="store_true", help="skip the Student-t / Laplace table")
     parser.add_argument("--network", choices=("per-dim", "equivariant"), default="per-dim",
                         help="the per-dimension weights, or the one any-d network")
+    parser.add_argument("--weights-dir", type=Path, default=None,
+                        help="evaluate discoformer_d{d}.safetensors from this folder instead of the shipped files")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     text = ["## Relative score MSE (%) and log-density MSE on random Gaussian mixtures", ""]
     if args.network != "per-dim":
         text += [f"Weights: the {args.network} network.", ""]
-    text += score_table(args.dims, args.sizes, args.mixtures, args.network)
+    if args.weights_dir is not None:
+        text += [f"Weights: the files in {args.weights_dir}.", ""]
+    text += score_table(args.dims, args.sizes, args.mixtures, args.network, args.weights_dir)
     if not args.no_out_of_family:
         text += ["", "## Out of family, d = 2 (relative score MSE, fraction)", ""]
         text += out_of_family(args.mixtures)

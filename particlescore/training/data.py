@@ -1,4 +1,13 @@
-"""Training batches: fresh random Gaussian mixtures every step (DiScoFormer, Algorithm 1).
+"""Training batches: fresh random distributions every step.
+
+``gmm`` (the default, and the only family of the GMM-pretrained weights): Gaussian mixtures of
+DiScoFormer's Algorithm 1 (arXiv 2511.05924). Two further families with exact log-densities and
+scores teach the network where the mixture candidate is wrong (heavy tails, kinks):
+
+* ``t_mixture``: the same random mixtures with every component a multivariate Student-t of
+  location μ_k, scale matrix Σ_k and one ν per mixture, log-uniform in [2.2, 30];
+* ``laplace``: a rotated, scaled product of Laplace laws, ``x = μ + R y``, ``y_i ~ Laplace(0, b_i)``,
+  b ~ U[0.5, 1.5]^d, R Haar-random, μ ~ U[−1, 1]^d.
 
 Every draw comes from a generator seeded by ``(seed, rank, step)``, so a resumed run sees
 exactly the batches an uninterrupted one would.
@@ -11,7 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from particlescore._validation import seeded_generator
-from particlescore.distributions import random_gmm
+from particlescore.distributions import _haar_orthogonal, _standard_exponential, random_gmm, sample_gamma
+
 
 
 @dataclass
@@ -36,16 +46,108 @@ def context_size(step: int, seed: int, n_min: int, n_max: int) -> int:
     return int(round(math.exp(math.log(n_min) + u * (math.log(n_max) - math.log(n_min)))))
 
 
-def make_batch(*, dim: int, batch: int, n: int, n_queries: int, off_fraction: float,
-               generator: torch.Generator, dtype=torch.float32) -> Batch:
-    """Mixtures of 1–10 components; queries mostly from the mixture, ``off_fraction`` of them
-    from the mixture blurred by N(0, I) (points off the samples' support)."""
-    mixture = random_gmm(batch, dim, generator=generator, dtype=torch.float64)
-    context = mixture.sample(n, generator=generator)                         # (B, n, d)
-    queries = mixture.sample(n_queries, generator=generator)                 # (B, m, d)
-    n_off = int(round(off_fraction * n_queries))
+def _blur(queries: torch.Tensor, off_fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """The first ``off_fraction`` of the queries (B,m,d) moved by N(0, I): points off the support."""
+    B, m, d = queries.shape
+    n_off = int(round(off_fraction * m))
     if n_off:
-        noise = torch.randn(batch, n_off, dim, generator=generator, dtype=torch.float64)
-        queries[:, :n_off] += noise
-    log_density, score = mixture.log_prob_and_score(queries)
+        queries[:, :n_off] += torch.randn(B, n_off, d, generator=generator, dtype=queries.dtype)
+    return queries
+
+
+def _gmm(batch: int, dim: int, generator: torch.Generator):
+    mixture = random_gmm(batch, dim, generator=generator, dtype=torch.float64)
+    return lambda count: mixture.sample(count, generator=generator), mixture.log_prob_and_score
+
+
+def _t_mixture(batch: int, dim: int, generator: torch.Generator):
+    """Student-t mixtures: ``log t_k = lgamma((ν+d)/2) − lgamma(ν/2) − (d/2)·log(νπ) − log|L_k|
+    − ((ν+d)/2)·log(1 + q_k/ν)``, ``q_k = |L_k⁻¹(x − μ_k)|²``, ``∇ log t_k = −(ν+d)/(ν+q_k)·Σ_k⁻¹(x − μ_k)``
+    (Kotz & Nadarajah 2004, eq. 1.1); sampled as ``μ_k + L_k z·√(ν/W)``, W ~ χ²_ν."""
+    mixture = random_gmm(batch, dim, generator=generator, dtype=torch.float64)
+    weights, means = mixture.weights, mixture.means                          # (B, K), (B, K, d)
+    chol = torch.linalg.cholesky(mixture.covariances)                        # (B, K, d, d)
+    half_logdet = torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)  # (B, K)
+    log_w = torch.where(weights > 0, torch.log(weights.clamp_min(1e-300)), -math.inf)  # (B, K)
+    nu = torch.exp(math.log(2.2) + torch.rand(batch, generator=generator, dtype=torch.float64)
+                   * (math.log(30.0) - math.log(2.2)))                       # (B,)
+
+    def sample(count: int) -> torch.Tensor:
+        out = []
+        for b in range(batch):
+            k = torch.multinomial(weights[b], count, replacement=True, generator=generator)  # (count,)
+            z = torch.randn(count, dim, generator=generator, dtype=torch.float64)            # (count, d)
+            w = 2.0 * sample_gamma(0.5 * float(nu[b]), count, generator=generator, dtype=torch.float64)
+            out.append(means[b, k] + (chol[b, k] @ z[..., None])[..., 0] * torch.sqrt(nu[b] / w)[:, None])
+        return torch.stack(out)                                              # (B, count, d)
+
+    def log_prob_and_score(x: torch.Tensor):
+        z = torch.linalg.solve_triangular(chol, (x[:, None] - means[:, :, None]).transpose(-1, -2),
+                                          upper=False)                       # (B, K, d, m)
+        q = (z * z).sum(-2)                                                  # (B, K, m)
+        nu_ = nu[:, None, None]                                              # (B, 1, 1)
+        log_wt = log_w[..., None] + (torch.lgamma(0.5 * (nu_ + dim)) - torch.lgamma(0.5 * nu_)
+                                     - 0.5 * dim * torch.log(nu_ * math.pi) - half_logdet[..., None]
+                                     - 0.5 * (nu_ + dim) * torch.log1p(q / nu_))    # (B, K, m)
+        log_f = torch.logsumexp(log_wt, 1)                                   # (B, m)
+        resp = torch.exp(log_wt - log_f[:, None])                            # (B, K, m)
+        prec_diff = torch.linalg.solve_triangular(chol.transpose(-1, -2), z, upper=True)  # (B, K, d, m) Σ⁻¹(x−μ)
+        comp_score = -((nu_ + dim) / (nu_ + q))[:, :, None] * prec_diff      # (B, K, d, m)
+        return log_f, (resp[:, :, None] * comp_score).sum(1).transpose(-1, -2)  # (B, m), (B, m, d)
+
+    return sample, log_prob_and_score
+
+
+def _laplace(batch: int, dim: int, generator: torch.Generator):
+    """``x = μ + R y``, ``y_i ~ Laplace(0, b_i)``: ``log f = −Σ_i log(2 b_i) − Σ_i |y_i|/b_i``,
+    ``∇ log f = −R (sign(y)/b)``."""
+    cpu = torch.device("cpu")
+    scale = 0.5 + torch.rand(batch, 1, dim, generator=generator, dtype=torch.float64)      # (B, 1, d)
+    rot = _haar_orthogonal((batch,), dim, generator=generator, dtype=torch.float64, device=cpu)  # (B, d, d)
+    loc = -1.0 + 2.0 * torch.rand(batch, 1, dim, generator=generator, dtype=torch.float64)  # (B, 1, d)
+
+    def sample(count: int) -> torch.Tensor:
+        e = _standard_exponential((2, batch, count, dim), generator=generator, dtype=torch.float64, device=cpu)
+        return loc + (scale * (e[0] - e[1])) @ rot.transpose(-1, -2)       # (B, count, d)
+
+    def log_prob_and_score(x: torch.Tensor):
+        y = (x - loc) @ rot                                                  # (B, m, d) Rᵀ(x − μ)
+        log_f = -torch.log(2 * scale).sum(-1) - (y.abs() / scale).sum(-1)    # (B, m)
+        return log_f, -(torch.sign(y) / scale) @ rot.transpose(-1, -2)       # (B, m), (B, m, d)
+
+    return sample, log_prob_and_score
+
+
+#: family name -> ``draw(batch, dim, generator)`` returning ``(sample(count) -> (B,count,d),
+#: log_prob_and_score(x (B,m,d)) -> ((B,m), (B,m,d)))``
+FAMILY_DRAWS = {"gmm": _gmm, "t_mixture": _t_mixture, "laplace": _laplace}
+
+
+def make_batch(*, dim: int, batch: int, n: int, n_queries: int, off_fraction: float,
+               generator: torch.Generator, dtype=torch.float32,
+               families: dict[str, float] | None = None) -> Batch:
+    """A batch of ``batch`` distributions, ``n`` samples each as the context and ``n_queries``
+    queries, mostly from the distribution and ``off_fraction`` of them blurred by N(0, I).
+    ``families`` maps names of :data:`FAMILY_DRAWS` to relative weights; each batch element draws
+    its family from them. Default: Gaussian mixtures only (1–10 components), drawn exactly as
+    the GMM-pretrained weights saw them."""
+    families = {"gmm": 1.0} if families is None else families
+    unknown = sorted(set(families) - set(FAMILY_DRAWS))
+    if unknown or not families or any(not (w > 0) for w in families.values()):
+        raise ValueError(f"families must map names of {sorted(FAMILY_DRAWS)} to positive weights, got {families}")
+    names = list(families)
+    if len(names) == 1:
+        counts = [batch]
+    else:
+        probs = torch.tensor([families[k] for k in names], dtype=torch.float64)
+        picks = torch.multinomial(probs / probs.sum(), batch, replacement=True, generator=generator)
+        counts = [int((picks == i).sum()) for i in range(len(names))]
+    parts = []
+    for name, count in zip(names, counts):
+        if count:
+            sample, log_prob_and_score = FAMILY_DRAWS[name](count, dim, generator)
+            context = sample(n)                                              # (b, n, d)
+            queries = _blur(sample(n_queries), off_fraction, generator)      # (b, m, d)
+            parts.append((context, queries, *log_prob_and_score(queries)))
+    context, queries, log_density, score = (torch.cat(p) for p in zip(*parts))
     return Batch(context.to(dtype), queries.to(dtype), log_density.to(dtype), score.to(dtype))

@@ -33,7 +33,7 @@ from particlescore.estimators import KDE
 from particlescore.affine import WhitenedModel
 from particlescore.model import DiScoFormerConfig, DiScoFormerNet, build_network
 
-from .data import context_size, make_batch, step_generator
+from .data import FAMILY_DRAWS, context_size, make_batch, step_generator
 from .evaluate import evaluate
 
 
@@ -77,6 +77,10 @@ def parse_args(argv=None):
     p.add_argument("--init-from", type=Path, default=None,
                    help="start from these weights (same config without the mixture candidate)")
     p.add_argument("--mixture-bias", type=float, default=12.0, help="initial gate of the mixture (--init-from)")
+    p.add_argument("--finetune-from", type=Path, default=None,
+                   help="continue training these weights (their config; the size and mixture options are ignored)")
+    p.add_argument("--families", nargs="+", default=["gmm:1"], metavar="NAME:WEIGHT",
+                   help=f"training families and their relative weights, from {sorted(FAMILY_DRAWS)} (training/data.py)")
     args = p.parse_args(argv)
     if args.dim == 0:
         if not args.train_dims or min(args.train_dims) < 1 or max(args.train_dims) > args.max_dim:
@@ -84,6 +88,18 @@ def parse_args(argv=None):
         args.eval_dims = args.eval_dims or sorted(set(args.train_dims))
     elif args.dim < 0 or args.train_dims:
         p.error("--dim must be positive (or 0 with --train-dims)")
+    if args.finetune_from is not None and args.init_from is not None:
+        p.error("--finetune-from and --init-from exclude each other")
+    families = {}
+    for token in args.families:
+        name, _, weight = token.partition(":")
+        try:
+            families[name] = float(weight or 1.0)
+        except ValueError:
+            p.error(f"--families: {token!r} is not NAME:WEIGHT")
+        if name not in FAMILY_DRAWS or not families[name] > 0:
+            p.error(f"--families: {token!r} needs a name of {sorted(FAMILY_DRAWS)} and a positive weight")
+    args.families = families
     return args
 
 
@@ -167,7 +183,14 @@ def main(argv=None) -> int:
                                mixture_components=args.mixture_components, mixture_tied=args.mixture_tied,
                                mixture_unbiased=args.mixture_unbiased, mixture_loo_covariances=args.mixture_loo_covariances,
                                max_dim=0 if args.dim else args.max_dim)
+    if args.finetune_from is not None:
+        start_net = load_weights(args.finetune_from)[0]
+        if start_net.config.dim != args.dim:
+            raise SystemExit(f"--finetune-from: those weights are for dim {start_net.config.dim}, not --dim {args.dim}")
+        config = start_net.config
     net = build_network(config)
+    if args.finetune_from is not None and not args.resume:
+        net.load_state_dict(start_net.state_dict())
     if args.init_from is not None and not args.resume:
         transplant(load_weights(args.init_from)[0], net, args.mixture_bias)
     net = net.to(device)
@@ -210,8 +233,9 @@ def main(argv=None) -> int:
             group["lr"] = learning_rate(step, args)
         n = context_size(step, args.seed, args.n_min, args.n_max)
         dim = step_dim(step, args)
-        batch = make_batch(dim=dim, batch=args.batch, n=n, n_queries=args.queries,
-                           off_fraction=args.off_fraction, generator=step_generator(args.seed, rank, step))
+        batch = make_batch(dim=dim, batch=args.batch, n=n, n_queries=args.queries, off_fraction=args.off_fraction,
+                           generator=step_generator(args.seed, rank, step),
+                           families=None if args.families == {"gmm": 1.0} else args.families)
         batch.context, batch.queries = batch.context.to(device), batch.queries.to(device)
         batch.log_density, batch.score = batch.log_density.to(device), batch.score.to(device)
         loss, rel_score, log_err = batch_loss(model, batch, args.alpha)
@@ -253,6 +277,11 @@ def main(argv=None) -> int:
             "steps_done": step, "steps_planned": args.steps, "world_size": world, "wall_seconds": round(wall, 1),
             "finished": step >= args.steps, "config": config.to_dict(),
             "evaluation": results}
+    if args.families != {"gmm": 1.0}:
+        card["families"] = args.families
+    if args.finetune_from is not None:
+        card["finetuned_from"] = {"path": str(args.finetune_from), "sha256": file_sha256(args.finetune_from),
+                                  "card": json.loads(load_weights(args.finetune_from)[1].get("card", "{}"))}
     if args.init_from is not None:  # a two-stage build: record what stage 1 was
         card["init_from"] = {"path": str(args.init_from), "sha256": file_sha256(args.init_from),
                              "card": json.loads(load_weights(args.init_from)[1].get("card", "{}"))}

@@ -1,0 +1,117 @@
+"""Training families (particlescore/training/data.py): exact densities and scores, the default
+batches unchanged, and the command-line spelling of ``--families``."""
+
+import pytest
+import torch
+
+from particlescore.distributions import random_gmm
+from particlescore.training.data import FAMILY_DRAWS, make_batch
+from particlescore.training.train import parse_args
+
+
+def test_default_batch_is_the_gmm_family_drawn_as_before():
+    """The GMM-pretrained weights were trained on exactly this draw order: mixture, context,
+    queries, then the blur of the first m/8 queries."""
+    batch = make_batch(dim=3, batch=4, n=200, n_queries=64, off_fraction=0.125,
+                       generator=torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    mixture = random_gmm(4, 3, generator=g, dtype=torch.float64)
+    context = mixture.sample(200, generator=g)
+    queries = mixture.sample(64, generator=g)
+    queries[:, :8] += torch.randn(4, 8, 3, generator=g, dtype=torch.float64)
+    log_f, score = mixture.log_prob_and_score(queries)
+    for got, want in ((batch.context, context), (batch.queries, queries), (batch.log_density, log_f),
+                      (batch.score, score)):
+        assert torch.equal(got, want.float())
+    explicit = make_batch(dim=3, batch=4, n=200, n_queries=64, off_fraction=0.125,
+                          generator=torch.Generator().manual_seed(7), families={"gmm": 3.0})
+    assert torch.equal(explicit.score, batch.score)
+
+
+@pytest.mark.parametrize("family", ["t_mixture", "laplace"])
+@pytest.mark.parametrize("dim", [1, 3])
+def test_family_score_is_the_gradient_of_its_log_density(family, dim):
+    sample, log_prob_and_score = FAMILY_DRAWS[family](3, dim, torch.Generator().manual_seed(1))
+    x = sample(40).requires_grad_(True)                                      # (3, 40, d)
+    log_f, score = log_prob_and_score(x)
+    grad, = torch.autograd.grad(log_f.sum(), x)
+    assert torch.allclose(grad, score, rtol=0, atol=1e-12)   # float64, the same closed form: round-off only
+
+
+@pytest.mark.parametrize("family", ["t_mixture", "laplace"])
+def test_family_density_is_normalised_in_d1_and_d2(family):
+    """∫ f = 1 by a Riemann sum: the grid step 0.05 resolves every component (variances ≥ 0.2,
+    Laplace scales ≥ 0.5) to < 1e-3, and outside |x| ≤ 60 a Student-t with ν ≥ 2.2 (scale ≤ 1,
+    means within 3) keeps < 1e-3 of its mass."""
+    h = 0.05
+    grid1 = torch.arange(-60.0, 60.0, h, dtype=torch.float64)
+    _, lps = FAMILY_DRAWS[family](4, 1, torch.Generator().manual_seed(2))
+    mass = torch.exp(lps(grid1[None, :, None].expand(4, -1, 1))[0]).sum(-1) * h
+    assert torch.allclose(mass, torch.ones(4, dtype=torch.float64), atol=3e-3)
+    h2 = 0.1
+    axis = torch.arange(-30.0, 30.0, h2, dtype=torch.float64)
+    grid2 = torch.cartesian_prod(axis, axis)                                 # (P, 2)
+    _, lps = FAMILY_DRAWS[family](2, 2, torch.Generator().manual_seed(3))
+    mass = torch.exp(lps(grid2[None].expand(2, -1, -1))[0]).sum(-1) * h2 ** 2
+    # h = 0.1 in 2-d and |x| ≤ 30: a Student-t with ν = 2.2 leaves up to (3/30)^2.2 ≈ 0.6 % outside
+    assert torch.allclose(mass, torch.ones(2, dtype=torch.float64), atol=1e-2)
+
+
+@pytest.mark.parametrize("family", ["t_mixture", "laplace"])
+def test_family_samples_follow_their_density(family):
+    """Stein's identity E[s(x)] = 0 and E[s(x) xᵀ] = −I under the family's own samples. The
+    summands are bounded for Student-t (|s||x| ≤ ν + d) and have variance O(1) for Laplace, so
+    with 10^5 samples the standard error is below 0.01; 0.05 is five of those."""
+    sample, lps = FAMILY_DRAWS[family](2, 3, torch.Generator().manual_seed(4))
+    x = sample(100_000)                                                      # (2, N, 3)
+    _, s = lps(x)
+    assert s.mean(1).abs().max() < 0.05
+    stein = torch.einsum("bni,bnj->bij", s, x) / x.shape[1]                  # (2, 3, 3)
+    assert (stein + torch.eye(3, dtype=torch.float64)).abs().max() < 0.05
+
+
+def test_mixed_batch_and_its_validation():
+    batch = make_batch(dim=2, batch=16, n=100, n_queries=32, off_fraction=0.125,
+                       generator=torch.Generator().manual_seed(5),
+                       families={"gmm": 2.0, "t_mixture": 1.0, "laplace": 1.0})
+    assert batch.context.shape == (16, 100, 2) and batch.score.shape == (16, 32, 2)
+    assert torch.isfinite(batch.score).all() and torch.isfinite(batch.log_density).all()
+    for bad in ({"gaussian": 1.0}, {"gmm": 0.0}, {}):
+        with pytest.raises(ValueError, match="families"):
+            make_batch(dim=2, batch=2, n=10, n_queries=4, off_fraction=0.0,
+                       generator=torch.Generator().manual_seed(0), families=bad)
+
+
+def test_families_on_the_command_line():
+    args = parse_args(["--dim", "3", "--families", "gmm:2", "t_mixture", "laplace:0.5"])
+    assert args.families == {"gmm": 2.0, "t_mixture": 1.0, "laplace": 0.5}
+    assert parse_args(["--dim", "3"]).families == {"gmm": 1.0}
+    for bad in (["--families", "cauchy:1"], ["--families", "gmm:x"], ["--families", "gmm:-1"],
+                ["--finetune-from", "a.safetensors", "--init-from", "b.safetensors"]):
+        with pytest.raises(SystemExit):
+            parse_args(["--dim", "3"] + bad)
+
+
+def test_finetune_continues_from_a_weights_file_and_records_it(tmp_path):
+    """Two mixed-family steps from a small stage file: the config comes from that file, the
+    first step starts from its tensors, and the card records the families and the source."""
+    import json
+
+    from particlescore.discoformer import file_sha256, load_weights
+    from particlescore.training.train import main
+    common = ["--steps", "2", "--batch", "2", "--n-min", "32", "--n-max", "48", "--queries", "8",
+              "--eval-mixtures", "1", "--eval-sizes", "48", "--threads", "1", "--no-progress", "--warmup", "1"]
+    main(["--dim", "2", "--width", "16", "--run-dir", str(tmp_path / "a"), "--out", str(tmp_path / "a.safetensors")]
+         + common)
+    start, _ = load_weights(tmp_path / "a.safetensors")
+    main(["--dim", "2", "--finetune-from", str(tmp_path / "a.safetensors"), "--families", "gmm:1", "t_mixture:1",
+          "laplace:1", "--lr", "1e-12", "--run-dir", str(tmp_path / "b"), "--out", str(tmp_path / "b.safetensors")]
+         + common)
+    tuned, meta = load_weights(tmp_path / "b.safetensors")
+    card = json.loads(meta["card"])
+    assert tuned.config == start.config and tuned.config.width == 16
+    assert card["families"] == {"gmm": 1.0, "t_mixture": 1.0, "laplace": 1.0}
+    assert card["finetuned_from"]["sha256"] == file_sha256(tmp_path / "a.safetensors")
+    # lr 1e-12 for two steps: the tensors move by ~1e-12 at most (AdamW steps are ≤ lr in size)
+    for (name, p0), p1 in zip(start.state_dict().items(), tuned.state_dict().values()):
+        assert torch.allclose(p0, p1, atol=1e-9), name
