@@ -47,18 +47,22 @@ def set_threads(threads: int) -> None:
         pass
 
 
-def discoformer_for(dim: int, network: str = "per-dim", weights_dir: Path | None = None):
+def discoformer_for(dim: int, network: str = "per-dim", weights_dir: Path | None = None, *, adapt_steps: int = 0,
+                    warm_start: bool = False, adapt_holdout: int = 0, moment_projection: bool = False):
     """The shipped DiScoFormer for ``dim`` (``network`` as in ``DiScoFormer.pretrained``), or with
     ``weights_dir`` the file ``discoformer_d{dim}.safetensors`` there: weights measured before
-    they are shipped."""
+    they are shipped. The keyword options are ``DiScoFormer``'s."""
+    options = dict(adapt_steps=adapt_steps, warm_start=warm_start, adapt_holdout=adapt_holdout,
+                   moment_projection=moment_projection)
     if weights_dir is None:
-        return ps.DiScoFormer.pretrained(dim=dim, network=network)
-    return ps.DiScoFormer.from_file(Path(weights_dir) / f"discoformer_d{dim}.safetensors", dim=dim)
+        return ps.DiScoFormer.pretrained(dim=dim, network=network, **options)
+    return ps.DiScoFormer.from_file(Path(weights_dir) / f"discoformer_d{dim}.safetensors", dim=dim, **options)
 
 
-def make_estimator(key: str, dim: int, problem, seed: int, *, network: str = "auto"):
+def make_estimator(key: str, dim: int, problem, seed: int, *, network: str = "auto", weights_dir: Path | None = None):
     """A fresh estimator for one run, or ``(None, reason)`` when it cannot be built.
-    ``network`` chooses DiScoFormer's weights (``DiScoFormer.pretrained``'s argument).
+    ``network`` chooses DiScoFormer's weights (``DiScoFormer.pretrained``'s argument);
+    ``weights_dir``: the files there instead (:func:`discoformer_for`).
 
     SBTM gets the exact initial score of ``problem`` (``problem.initial_distribution().score``,
     i.e. ``−Σ0⁻¹v`` for the Gaussian start); Exact wraps ``problem.exact_distribution``.
@@ -67,13 +71,13 @@ def make_estimator(key: str, dim: int, problem, seed: int, *, network: str = "au
         steps = 0 if key == "discoformer-0" else TTA_STEPS
         holdout = TTA_HOLDOUT if key == "discoformer-tta-holdout" else 0
         try:
-            return ps.DiScoFormer.pretrained(dim=dim, adapt_steps=steps, warm_start=steps > 0, network=network,
-                                             adapt_holdout=holdout), None
+            return discoformer_for(dim, network, weights_dir, adapt_steps=steps, warm_start=steps > 0,
+                                   adapt_holdout=holdout), None
         except ValueError as err:
             return None, f"skipped: {err}"
     if key == "discoformer-proj":
         try:
-            return ps.DiScoFormer.pretrained(dim=dim, warm_start=True, moment_projection=True, network=network), None
+            return discoformer_for(dim, network, weights_dir, warm_start=True, moment_projection=True), None
         except ValueError as err:
             return None, f"skipped: {err}"
     if key == "kde":
@@ -136,8 +140,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-points", type=int, default=40, help="about this many saved times per run")
     parser.add_argument("--threads", type=int, default=1, help="torch/numba threads (default 1)")
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--network", choices=("auto", "per-dim", "equivariant"), default="auto",
+    parser.add_argument("--network", choices=("auto", "per-dim", "per-dim-gmm", "equivariant"), default="auto",
                         help="DiScoFormer's weights (DiScoFormer.pretrained's network: auto, per-dim or the any-d network)")
+    parser.add_argument("--weights-dir", type=Path, default=None,
+                        help="DiScoFormer from discoformer_d{d}.safetensors in this folder instead of the shipped files")
 
 
 def write_csv(path, rows, keys):

@@ -48,7 +48,7 @@ import torch
 
 import particlescore as ps
 from _common import discoformer_for, gmm_score, sklearn_bic_mixture, write_report
-from particlescore.discoformer import available_dims, file_sha256, recorded_sha256
+from particlescore.discoformer import available_dims, file_sha256, gmm_only_key, recorded_sha256
 from particlescore.distributions import Distribution, Laplace, StudentT
 from particlescore.training.evaluate import evaluation_problem
 
@@ -229,7 +229,7 @@ def main():
     parser.add_argument("--m", type=int, default=512)
     parser.add_argument("--draws", type=int, default=6)
     parser.add_argument("--max-k", type=int, default=10, help="largest sklearn mixture tried by BIC")
-    parser.add_argument("--network", choices=("per-dim", "equivariant"), default="per-dim")
+    parser.add_argument("--network", choices=("per-dim", "per-dim-gmm", "equivariant"), default="per-dim")
     parser.add_argument("--weights-dir", type=Path, default=None,
                         help="evaluate discoformer_d{d}.safetensors from this folder instead of the shipped files")
     parser.add_argument("--out", type=Path, default=None, help="write the markdown report here")
@@ -266,6 +266,9 @@ def main():
                if args.weights_dir is not None else
                "Weights sha256: " + ", ".join(f"d={d} {recorded_sha256(d)[:12]}" for d in args.dims) + "."
                if args.network == "per-dim" else
+               "Weights (trained on Gaussian mixtures alone) sha256: "
+               + ", ".join(f"d={d} {recorded_sha256(gmm_only_key(d))[:12]}" for d in args.dims) + "."
+               if args.network == "per-dim-gmm" else
                f"Weights: the any-d network, sha256 {recorded_sha256('equivariant')[:12]}."), "",
               "Protocol: see the docstring of `benchmarks/ablation.py`. The *best candidate* is chosen per cell "
               "in hindsight, against the true score, among the network's 11 candidates (oracle selection: its mean "

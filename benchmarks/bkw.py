@@ -65,7 +65,7 @@ def main(argv=None):
         n_steps = int(round(args.duration / args.dt))
         warm_up(problem)
         for key in args.estimators:
-            est, why = make_estimator(key, d, problem, args.seed, network=args.network)
+            est, why = make_estimator(key, d, problem, args.seed, network=args.network, weights_dir=args.weights_dir)
             if est is None:
                 note = f"d={d} {LABELS[key]}: {why}"
                 print(note, flush=True)
@@ -117,7 +117,7 @@ def main(argv=None):
 
 def markdown(rows, args):
     lines = [f"## BKW solution (Landau, Maxwell molecules, B = 1/24): n = {args.n}, dt = {args.dt}, "
-             f"t ∈ [t0, t0 + {args.duration}], seed = {args.seed}, Heun; DiScoFormer weights: network = {args.network} (DiScoFormer.pretrained)", "",
+             f"t ∈ [t0, t0 + {args.duration}], seed = {args.seed}, Heun; DiScoFormer weights: " + (f"the files in {args.weights_dir}" if args.weights_dir else f"network = {args.network} (DiScoFormer.pretrained)"), "",
              "Relative score error Σ‖ŝ−s‖²/Σ‖s‖² (%) at the particles against the exact BKW score; "
              "time average = trapezoid over the saved times. Covariance error: max_t,kl |Σ̂kl − δkl| "
              "(includes the initial sampling error). Energy drift max_t|E(t)−E(0)|/E(0).", "",

@@ -88,7 +88,7 @@ def main(argv=None):
         problem = AnisotropicMaxwell(d)
         warm_up(problem)
         for key in args.estimators:
-            est, why = make_estimator(key, d, problem, args.seed, network=args.network)
+            est, why = make_estimator(key, d, problem, args.seed, network=args.network, weights_dir=args.weights_dir)
             if est is None:
                 note = f"d={d} {LABELS[key]}: {why}"
                 print(note, flush=True)
@@ -138,7 +138,7 @@ def main(argv=None):
 
 def markdown(rows, args):
     head = [f"## Anisotropic Maxwell relaxation: n = {args.n}, dt = {args.dt}, t ∈ [0, {args.t_end}], "
-            f"seed = {args.seed}, Heun; DiScoFormer weights: network = {args.network} (DiScoFormer.pretrained)", "",
+            f"seed = {args.seed}, Heun; DiScoFormer weights: " + (f"the files in {args.weights_dir}" if args.weights_dir else f"network = {args.network} (DiScoFormer.pretrained)"), "",
             "Errors of the particle covariance: against the exact Σ(t) from Σ0 (includes the initial "
             "sampling error, identical for all rows), and against the exact curve started from the "
             "particles' Σ̂(0) (estimator + time-stepping error only). Momentum drift "

@@ -67,7 +67,7 @@ def main():
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/score_table.md"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)")
     parser.add_argument("--no-out-of-family", action="store_true", help="skip the Student-t / Laplace table")
-    parser.add_argument("--network", choices=("per-dim", "equivariant"), default="per-dim",
+    parser.add_argument("--network", choices=("per-dim", "per-dim-gmm", "equivariant"), default="per-dim",
                         help="the per-dimension weights, or the one any-d network")
     parser.add_argument("--weights-dir", type=Path, default=None,
                         help="evaluate discoformer_d{d}.safetensors from this folder instead of the shipped files")

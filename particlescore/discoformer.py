@@ -4,7 +4,10 @@ Weights are safetensors files (tensors only, no code is ever unpickled) whose me
 the network's config as JSON. ``DiScoFormer.pretrained(dim=d)`` loads the file shipped inside
 the package for dimension ``d`` when there is one (d = 1, 2, 3, 10), and otherwise the one
 rotation-equivariant network trained for every ``d`` up to its ``max_dim``
-(``model.EquivariantDiScoFormerNet``); ``network="equivariant"`` asks for it in any d.
+(``model.EquivariantDiScoFormerNet``); ``network="equivariant"`` asks for it in any d. The
+per-dimension files of d = 2, 3, 10 were fine-tuned on Student-t mixtures and rotated Laplace
+laws beside Gaussian mixtures (``particlescore.training.data``); the weights trained on Gaussian
+mixtures alone stay shipped as ``discoformer_d{d}_gmm`` (``network="per-dim-gmm"``).
 
 Test-time adaptation (DiScoFormer, arXiv 2511.05924, §TTA): with the context fixed and the
 queries set to the context points, take ``adapt_steps`` Adam steps on the label-free
@@ -84,11 +87,28 @@ WEIGHTS_FORMAT = "particlescore-discoformer-1"
 
 
 EQUIVARIANT = "equivariant"   # the weights file stem suffix of the any-d network
+PER_DIM_GMM = "per-dim-gmm"   # network= of the per-dimension weights trained on Gaussian mixtures alone
 
 
 def weights_path(dim: int | str) -> Path:
-    """The shipped file for dimension ``dim``, or for the any-d network (``dim="equivariant"``)."""
+    """The shipped file for dimension ``dim``, for the any-d network (``dim="equivariant"``), or
+    for a key of :func:`gmm_only_key` (``"3_gmm"``: ``discoformer_d3_gmm``)."""
     return WEIGHTS_DIR / f"discoformer_{'' if dim == EQUIVARIANT else 'd'}{dim}.safetensors"
+
+
+def gmm_only_key(dim: int) -> int | str:
+    """The :func:`weights_path` key of the shipped per-dimension weights for ``dim`` that were
+    trained on Gaussian mixtures alone: ``"{dim}_gmm"`` where the default file was fine-tuned on
+    more families (its card records ``families``), else ``dim`` itself. ValueError if none."""
+    if weights_path(f"{dim}_gmm").is_file():
+        return f"{dim}_gmm"
+    card = weights_path(dim).with_suffix(".json")
+    if weights_path(dim).is_file() and card.is_file() and "families" not in json.loads(card.read_text()):
+        return dim
+    have = [d for d in available_dims() if weights_path(f"{d}_gmm").is_file()
+            or "families" not in json.loads(weights_path(d).with_suffix(".json").read_text())]
+    raise ValueError(f"no DiScoFormer weights trained on Gaussian mixtures alone for dim={dim}; "
+                     f"network='per-dim-gmm' serves dims {have}")
 
 
 def available_dims() -> tuple[int, ...]:
@@ -262,12 +282,19 @@ class DiScoFormer(ScoreEstimator):
                    max_context: int | None = 2048, max_pairs: int = 2 ** 23,
                    moment_projection: bool = False, adapt_holdout: int = 0) -> "DiScoFormer":
         """The shipped weights for dimension ``dim``. ``network``: ``"auto"`` (the weights trained
-        for ``dim`` when shipped, else the any-d network), ``"per-dim"`` or ``"equivariant"``.
-        ValueError listing the supported dims otherwise."""
-        if network not in ("auto", "per-dim", EQUIVARIANT):
-            raise ValueError(f"network must be 'auto', 'per-dim' or 'equivariant', got {network!r}")
+        for ``dim`` when shipped, else the any-d network), ``"per-dim"``, ``"per-dim-gmm"`` (the
+        per-dimension weights trained on Gaussian mixtures alone, :func:`gmm_only_key`) or
+        ``"equivariant"``. ValueError listing the supported dims otherwise."""
+        if network not in ("auto", "per-dim", PER_DIM_GMM, EQUIVARIANT):
+            raise ValueError(f"network must be 'auto', 'per-dim', 'per-dim-gmm' or 'equivariant', got {network!r}")
         if isinstance(dim, bool) or not isinstance(dim, int):
             raise ValueError(f"dim must be an int, got {dim!r}")
+        options = dict(adapt_steps=adapt_steps, adapt_lr=adapt_lr, warm_start=warm_start, warm_iters=warm_iters,
+                       refit_every=refit_every, max_context=max_context, max_pairs=max_pairs,
+                       moment_projection=moment_projection, adapt_holdout=adapt_holdout)
+        if network == PER_DIM_GMM:
+            key = gmm_only_key(dim)
+            return cls.from_file(weights_path(key), expected_sha256=recorded_sha256(key), **options)
         own = weights_path(dim).is_file() if dim >= 1 else False
         use_equivariant = network == EQUIVARIANT or (network == "auto" and not own)
         if use_equivariant and not 1 <= dim <= equivariant_max_dim():
@@ -277,11 +304,8 @@ class DiScoFormer(ScoreEstimator):
             raise ValueError(f"no per-dimension DiScoFormer weights for dim={dim}; available: {list(available_dims())} "
                              f"(network='auto' or 'equivariant' serves dims {_describe_dims(supported_dims())})")
         key = EQUIVARIANT if use_equivariant else dim
-        return cls.from_file(weights_path(key), dim=dim if use_equivariant else None, adapt_steps=adapt_steps,
-                             adapt_lr=adapt_lr, warm_start=warm_start,
-                             warm_iters=warm_iters, refit_every=refit_every, max_context=max_context,
-                             max_pairs=max_pairs, moment_projection=moment_projection,
-                             adapt_holdout=adapt_holdout, expected_sha256=recorded_sha256(key))
+        return cls.from_file(weights_path(key), dim=dim if use_equivariant else None,
+                             expected_sha256=recorded_sha256(key), **options)
 
     @classmethod
     def from_file(cls, path, *, dim: int | None = None, adapt_steps: int = 0, adapt_lr: float = 1e-3,
@@ -833,3 +857,6 @@ registry.register("estimator", "discoformer", DiScoFormer, exclude=("net", "dim"
                   build=_pretrained_for("auto"))
 registry.register("estimator", "discoformer_equivariant", DiScoFormer, exclude=("net", "dim", "source", "sha256"),
                   build=_pretrained_for(EQUIVARIANT))
+# "discoformer_gmm": the per-d weights trained on Gaussian mixtures alone (gmm_only_key)
+registry.register("estimator", "discoformer_gmm", DiScoFormer, exclude=("net", "dim", "source", "sha256"),
+                  build=_pretrained_for(PER_DIM_GMM))

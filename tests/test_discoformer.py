@@ -110,14 +110,18 @@ def test_transplant_adds_the_mixture_candidate_without_changing_the_rest():
     torch.testing.assert_close(score_new, score_old, rtol=0, atol=1e-9)
 
 
-def test_every_shipped_weights_file_loads_and_beats_scott_kde():
+@pytest.mark.parametrize("network", ["per-dim", "per-dim-gmm"])
+def test_every_shipped_weights_file_loads_and_beats_scott_kde(network):
     dims = available_dims()
     assert set(dims) >= {1, 2, 3, 10}, f"shipped dims {dims}"
     for dim in dims:
-        est = ps.DiScoFormer.pretrained(dim=dim)
+        est = ps.DiScoFormer.pretrained(dim=dim, network=network)
         assert est.sha256 and len(est.sha256) == 64
-        card = json.loads((ROOT / "particlescore" / "weights" / f"discoformer_d{dim}.json").read_text())
-        assert card["sha256"] == est.sha256
+        key = dmod.gmm_only_key(dim) if network == "per-dim-gmm" else dim
+        card = json.loads((ROOT / "particlescore" / "weights" / f"discoformer_d{key}.json").read_text())
+        assert card["sha256"] == est.sha256 and est.source == f"discoformer_d{key}.safetensors"
+        if network == "per-dim-gmm":
+            assert "families" not in card   # trained on Gaussian mixtures alone
         errs_model, errs_kde = [], []
         for seed in range(4):
             g = torch.Generator().manual_seed(10_000 + seed)
@@ -128,6 +132,33 @@ def test_every_shipped_weights_file_loads_and_beats_scott_kde():
             errs_kde.append(ps.relative_score_mse(ps.KDE("scott")(x, y)[1], truth))
         # averaged over 4 mixtures; the model cards show margins of ≥ 1.5x at n = 256…4096
         assert np.mean(errs_model) < np.mean(errs_kde), (dim, errs_model, errs_kde)
+
+
+def test_fine_tuned_weights_learned_heavy_tails_and_the_gmm_only_ones_stay_available():
+    """d = 3: the default file was fine-tuned on Student-t mixtures and Laplace laws (its card says
+    so), the Gaussian-mixture-only weights load by network="per-dim-gmm" and TOML name
+    "discoformer_gmm", and on Student-t (ν = 3, n = 1024) the fine-tuned file is far better:
+    measured 10.2 % vs about 3.5 % over 16 draws (benchmarks/results/ablation.md), so over 3 draws
+    a factor 1.5 leaves a wide margin."""
+    tuned = ps.DiScoFormer.pretrained(dim=3)
+    gmm_only = ps.DiScoFormer.pretrained(dim=3, network="per-dim-gmm")
+    card = json.loads((ROOT / "particlescore" / "weights" / "discoformer_d3.json").read_text())
+    assert set(card["families"]) == {"gmm", "t_mixture", "laplace"}
+    assert gmm_only.source == "discoformer_d3_gmm.safetensors" and tuned.sha256 != gmm_only.sha256
+    problem = ps.AnisotropicMaxwell(3)
+    built = ps.registry.create("estimator", "discoformer_gmm", {}, problem=problem)
+    assert built.sha256 == gmm_only.sha256
+    errs = {"tuned": [], "gmm": []}
+    for seed in range(3):
+        g = torch.Generator().manual_seed(5_000 + seed)
+        dist = StudentT(3, 3.0)
+        x, y = dist.sample(1024, generator=g), dist.sample(256, generator=g)
+        truth = dist.score(y)
+        errs["tuned"].append(ps.relative_score_mse(tuned(x, y)[1], truth))
+        errs["gmm"].append(ps.relative_score_mse(gmm_only(x, y)[1], truth))
+    assert 1.5 * np.mean(errs["tuned"]) < np.mean(errs["gmm"]), errs
+    with pytest.raises(ValueError, match=r"network='per-dim-gmm' serves dims \[1, 2, 3, 10\]"):
+        ps.DiScoFormer.pretrained(dim=5, network="per-dim-gmm")
 
 
 def test_pretrained_unsupported_dimension_lists_supported():
