@@ -6,8 +6,8 @@ mixtures and Laplace laws; ``training/data.py``).
     python -m particlescore.training --dim 0 --train-dims 1 2 3 4 5 6 8 10 16 32 --max-dim 100 ...
         # the rotation-equivariant network for every d (model.EquivariantDiScoFormerNet): each step's
         # batch has one d, drawn uniformly from --train-dims by the step's seeded generator
-    python -m particlescore.training --dim 3 --finetune-from particlescore/weights/discoformer_d3_gmm.safetensors \
-        --families gmm:2 t_mixture:1 laplace:1 --lr 3e-4 ...   # continue shipped weights on more families
+    python -m particlescore.training --dim 3 --finetune-from particlescore/weights/discoformer_d3_gmm.safetensors
+        --families gmm:2 t_mixture:1 laplace:1 --lr 3e-4 ...   # (one line) continue shipped weights on more families
 
 Loss per mixture: ``α·Huber(log f̂ − log f) + (1−α)·Σ‖ŝ − s‖²/Σ‖s‖²`` (the relative score error,
 the benchmark metric, so every mixture counts equally), averaged over the batch. AdamW with
