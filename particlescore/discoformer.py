@@ -5,7 +5,7 @@ the network's config as JSON. ``DiScoFormer.pretrained(dim=d)`` loads the file s
 the package for dimension ``d`` when there is one (d = 1, 2, 3, 10), and otherwise the one
 rotation-equivariant network trained for every ``d`` up to its ``max_dim``
 (``model.EquivariantDiScoFormerNet``); ``network="equivariant"`` asks for it in any d. The
-per-dimension files of d = 2, 3, 10 were fine-tuned on Student-t mixtures and rotated Laplace
+per-dimension files of d = 3 and 10 were fine-tuned on Student-t mixtures and rotated Laplace
 laws beside Gaussian mixtures (``particlescore.training.data``); the weights trained on Gaussian
 mixtures alone stay shipped as ``discoformer_d{d}_gmm`` (``network="per-dim-gmm"``).
 
