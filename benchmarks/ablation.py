@@ -48,7 +48,7 @@ import torch
 
 import particlescore as ps
 from _common import discoformer_for, gmm_score, sklearn_bic_mixture, write_report
-from particlescore.discoformer import available_dims, file_sha256, gmm_only_key, recorded_sha256
+from particlescore.discoformer import available_dims
 from particlescore.distributions import Distribution, Laplace, StudentT
 from particlescore.training.evaluate import evaluation_problem
 
@@ -237,9 +237,10 @@ def main():
     torch.set_num_threads(1)
     start = time.perf_counter()
     load_before = os.getloadavg()
-    results = {}
+    results, weights = {}, []
     for d in args.dims:
         est = discoformer_for(d, args.network, args.weights_dir)
+        weights.append(f"d={d} {est.source} (sha256 {est.sha256[:12]})")
         for shape in args.shapes:
             if shape == "banana" and d < 2:
                 continue
@@ -261,15 +262,8 @@ def main():
               f"scikit-learn {sklearn.__version__}, Python {platform.python_version()}; load average "
               f"{load_before[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end (2 cores); "
               f"{time.perf_counter() - start:.0f} s wall.", "",
-              ("Weights sha256: " + ", ".join(f"d={d} {file_sha256(args.weights_dir / f'discoformer_d{d}.safetensors')[:12]}"
-                                              for d in args.dims) + f" (files in {args.weights_dir})."
-               if args.weights_dir is not None else
-               "Weights sha256: " + ", ".join(f"d={d} {recorded_sha256(d)[:12]}" for d in args.dims) + "."
-               if args.network == "per-dim" else
-               "Weights (trained on Gaussian mixtures alone) sha256: "
-               + ", ".join(f"d={d} {recorded_sha256(gmm_only_key(d))[:12]}" for d in args.dims) + "."
-               if args.network == "per-dim-gmm" else
-               f"Weights: the any-d network, sha256 {recorded_sha256('equivariant')[:12]}."), "",
+              "Weights: " + ", ".join(weights)
+              + (f" (files in {args.weights_dir})." if args.weights_dir is not None else "."), "",
               "Protocol: see the docstring of `benchmarks/ablation.py`. The *best candidate* is chosen per cell "
               "in hindsight, against the true score, among the network's 11 candidates (oracle selection: its mean "
               "is biased low). DiScoFormer runs with its defaults (no test-time adaptation).", ""]

@@ -96,19 +96,24 @@ def weights_path(dim: int | str) -> Path:
     return WEIGHTS_DIR / f"discoformer_{'' if dim == EQUIVARIANT else 'd'}{dim}.safetensors"
 
 
+def _gmm_only_key_or_none(dim: int) -> int | str | None:
+    for key in (f"{dim}_gmm", dim):
+        card = weights_path(key).with_suffix(".json")
+        if weights_path(key).is_file() and card.is_file() and "families" not in json.loads(card.read_text()):
+            return key
+    return None
+
+
 def gmm_only_key(dim: int) -> int | str:
     """The :func:`weights_path` key of the shipped per-dimension weights for ``dim`` that were
-    trained on Gaussian mixtures alone: ``"{dim}_gmm"`` where the default file was fine-tuned on
-    more families (its card records ``families``), else ``dim`` itself. ValueError if none."""
-    if weights_path(f"{dim}_gmm").is_file():
-        return f"{dim}_gmm"
-    card = weights_path(dim).with_suffix(".json")
-    if weights_path(dim).is_file() and card.is_file() and "families" not in json.loads(card.read_text()):
-        return dim
-    have = [d for d in available_dims() if weights_path(f"{d}_gmm").is_file()
-            or "families" not in json.loads(weights_path(d).with_suffix(".json").read_text())]
-    raise ValueError(f"no DiScoFormer weights trained on Gaussian mixtures alone for dim={dim}; "
-                     f"network='per-dim-gmm' serves dims {have}")
+    trained on Gaussian mixtures alone (their card records no ``families``): ``"{dim}_gmm"``
+    where the default file was fine-tuned on more families, else ``dim`` itself. ValueError if none."""
+    key = _gmm_only_key_or_none(dim)
+    if key is None:
+        have = [d for d in available_dims() if _gmm_only_key_or_none(d) is not None]
+        raise ValueError(f"no DiScoFormer weights trained on Gaussian mixtures alone for dim={dim}; "
+                         f"network='per-dim-gmm' serves dims {have}")
+    return key
 
 
 def available_dims() -> tuple[int, ...]:

@@ -23,7 +23,6 @@ from particlescore._validation import seeded_generator
 from particlescore.distributions import _haar_orthogonal, _standard_exponential, random_gmm, sample_gamma
 
 
-
 @dataclass
 class Batch:
     context: torch.Tensor       # (B, n, d)
@@ -65,10 +64,9 @@ def _t_mixture(batch: int, dim: int, generator: torch.Generator):
     − ((ν+d)/2)·log(1 + q_k/ν)``, ``q_k = |L_k⁻¹(x − μ_k)|²``, ``∇ log t_k = −(ν+d)/(ν+q_k)·Σ_k⁻¹(x − μ_k)``
     (Kotz & Nadarajah 2004, eq. 1.1); sampled as ``μ_k + L_k z·√(ν/W)``, W ~ χ²_ν."""
     mixture = random_gmm(batch, dim, generator=generator, dtype=torch.float64)
-    weights, means = mixture.weights, mixture.means                          # (B, K), (B, K, d)
-    chol = torch.linalg.cholesky(mixture.covariances)                        # (B, K, d, d)
+    weights, means, chol = mixture.weights, mixture.means, mixture.cholesky_factors  # (B,K), (B,K,d), (B,K,d,d)
     half_logdet = torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)  # (B, K)
-    log_w = torch.where(weights > 0, torch.log(weights.clamp_min(1e-300)), -math.inf)  # (B, K)
+    log_w = torch.log(weights)                                               # (B, K), −inf at padding
     nu = torch.exp(math.log(2.2) + torch.rand(batch, generator=generator, dtype=torch.float64)
                    * (math.log(30.0) - math.log(2.2)))                       # (B,)
 

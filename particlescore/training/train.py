@@ -187,7 +187,7 @@ def main(argv=None) -> int:
                                mixture_unbiased=args.mixture_unbiased, mixture_loo_covariances=args.mixture_loo_covariances,
                                max_dim=0 if args.dim else args.max_dim)
     if args.finetune_from is not None:
-        start_net = load_weights(args.finetune_from)[0]
+        start_net, start_meta = load_weights(args.finetune_from)
         if start_net.config.dim != args.dim:
             raise SystemExit(f"--finetune-from: those weights are for dim {start_net.config.dim}, not --dim {args.dim}")
         config = start_net.config
@@ -238,7 +238,7 @@ def main(argv=None) -> int:
         dim = step_dim(step, args)
         batch = make_batch(dim=dim, batch=args.batch, n=n, n_queries=args.queries, off_fraction=args.off_fraction,
                            generator=step_generator(args.seed, rank, step),
-                           families=None if args.families == {"gmm": 1.0} else args.families)
+                           families=args.families)
         batch.context, batch.queries = batch.context.to(device), batch.queries.to(device)
         batch.log_density, batch.score = batch.log_density.to(device), batch.score.to(device)
         loss, rel_score, log_err = batch_loss(model, batch, args.alpha)
@@ -284,7 +284,7 @@ def main(argv=None) -> int:
         card["families"] = args.families
     if args.finetune_from is not None:
         card["finetuned_from"] = {"path": str(args.finetune_from), "sha256": file_sha256(args.finetune_from),
-                                  "card": json.loads(load_weights(args.finetune_from)[1].get("card", "{}"))}
+                                  "card": json.loads(start_meta.get("card", "{}"))}
     if args.init_from is not None:  # a two-stage build: record what stage 1 was
         card["init_from"] = {"path": str(args.init_from), "sha256": file_sha256(args.init_from),
                              "card": json.loads(load_weights(args.init_from)[1].get("card", "{}"))}
