@@ -96,6 +96,23 @@ def test_fit_mixture_finds_separated_components_and_its_score_is_exact():
     assert desc.shape == (1, 40, 3) and torch.isfinite(desc).all()
 
 
+def test_search_patience_stops_early_and_keeps_the_bic_choice():
+    """``patience`` stops the split search once BIC has not improved for that many K. On three
+    separated Gaussians (BIC's best K = 3) and on one Gaussian (K = 1) the early-stopped fit is
+    the full search's, bitwise: the search is deterministic and only its tail is cut."""
+    g = torch.Generator().manual_seed(5)
+    centres = torch.tensor([[-6.0, 0.0], [0.0, 5.0], [6.0, -1.0]], dtype=torch.float64)
+    three = (centres[torch.arange(3000) % 3] + torch.randn(3000, 2, generator=g, dtype=torch.float64))[None]
+    one = torch.randn(1, 2000, 2, generator=g, dtype=torch.float64)
+    for x in (three, one):
+        full = fit_mixture(x, max_components=8, iters=20, shrink=0.5, ridge=1e-3)
+        early = fit_mixture(x, max_components=8, iters=20, shrink=0.5, ridge=1e-3, patience=2)
+        for a, b in zip(full, early):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="patience"):
+        fit_mixture(one, max_components=8, iters=20, shrink=0.5, ridge=1e-3, patience=0)
+
+
 def test_transplant_adds_the_mixture_candidate_without_changing_the_rest():
     """With the new gates shut (bias −60) the grown network reproduces the old one."""
     from particlescore.training.train import transplant
