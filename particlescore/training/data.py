@@ -2,8 +2,11 @@
 
 ``gmm`` (the default, and the only family of the GMM-pretrained weights): Gaussian mixtures of
 DiScoFormer's Algorithm 1 (arXiv 2511.05924). Two further families with exact log-densities and
-scores teach the network where the mixture candidate is wrong (heavy tails, kinks):
+scores teach the network where the mixture candidate is wrong (heavy tails, kinks), and a third
+keeps it sharp where the mixture is right:
 
+* ``gaussian``: one Gaussian of the same law as a mixture component (after whitening every such
+  draw is the same law: the near-Maxwellian ensembles of the solver, seen at every step);
 * ``t_mixture``: the same random mixtures with every component a multivariate Student-t of
   location μ_k, scale matrix Σ_k and one ν per mixture, log-uniform in [2.2, 30];
 * ``laplace``: a rotated, scaled product of Laplace laws, ``x = μ + R y``, ``y_i ~ Laplace(0, b_i)``,
@@ -56,6 +59,11 @@ def _blur(queries: torch.Tensor, off_fraction: float, generator: torch.Generator
 
 def _gmm(batch: int, dim: int, generator: torch.Generator):
     mixture = random_gmm(batch, dim, generator=generator, dtype=torch.float64)
+    return lambda count: mixture.sample(count, generator=generator), mixture.log_prob_and_score
+
+
+def _gaussian(batch: int, dim: int, generator: torch.Generator):
+    mixture = random_gmm(batch, dim, generator=generator, n_components=(1, 1), dtype=torch.float64)
     return lambda count: mixture.sample(count, generator=generator), mixture.log_prob_and_score
 
 
@@ -118,7 +126,7 @@ def _laplace(batch: int, dim: int, generator: torch.Generator):
 
 #: family name -> ``draw(batch, dim, generator)`` returning ``(sample(count) -> (B,count,d),
 #: log_prob_and_score(x (B,m,d)) -> ((B,m), (B,m,d)))``
-FAMILY_DRAWS = {"gmm": _gmm, "t_mixture": _t_mixture, "laplace": _laplace}
+FAMILY_DRAWS = {"gmm": _gmm, "gaussian": _gaussian, "t_mixture": _t_mixture, "laplace": _laplace}
 
 
 def make_batch(*, dim: int, batch: int, n: int, n_queries: int, off_fraction: float,
