@@ -82,7 +82,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from . import registry
 from ._validation import as_particles, check_min_particles
 from .estimators import ScoreEstimator
-from .affine import AffineFrame, EncodedContext, WhitenedModel
+from .affine import AffineFrame, EncodedContext, WhitenedModel, context_radius
 from .candidates import Mixture, fit_mixture, refit_mixture, reframe_mixture
 from .model import DiScoFormerConfig, DiScoFormerNet, build_network
 from .stein import project_score
@@ -718,7 +718,8 @@ class DiScoFormer(ScoreEstimator):
                    if size < k else torch.arange(k))
             sub[b, :size] = ctx_w[b, idx.to(dev)]
         sub_mask = torch.arange(P, device=dev) < torch.tensor(sizes, device=dev)[:, None]          # (G, P)
-        return EncodedContext(frame, sub, self.net.encode_context(sub, sub_mask), mixture, sub_mask, sizes)
+        return EncodedContext(frame, sub, self.net.encode_context(sub, sub_mask), mixture, sub_mask, sizes,
+                              context_radius(ctx_w, mask))
 
     #: float32 entries of one attention block (G cells × heads × n × n) in evaluate_cells (128 MiB)
     _CELL_BLOCK = 2 ** 25
