@@ -181,7 +181,8 @@ class WhitenedModel(nn.Module):
     def far_field(enc: EncodedContext, qry_w: torch.Tensor, cand, log_w: torch.Tensor, score_w: torch.Tensor):
         """Beyond the context the network's outputs blend into the mixture candidate's:
         weight ``λ = clip((b·R − ‖w‖)/((b − a)·R), 0, 1)`` on the network, ``(a, b) = FAR_FIELD``,
-        R the largest whitened norm of the context (``enc.radius``). Inside R nothing changes.
+        R the largest whitened norm of the context (``enc.radius``). Up to a·R nothing changes.
+        Training goes through it too (its queries lie within a·R but for rare outliers).
 
         Why: past the last particle every kernel candidate extrapolates its nearest points
         (KDE scores grow like distance/h²), the gates never saw such queries in training, and the

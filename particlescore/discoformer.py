@@ -38,9 +38,10 @@ small time step apart.
   found at K = 4 after K = 2 and 3 lost), so the default is 3: on 216 draws of the training
   families (d = 2, 3, 10; n = 256, 1024) it chose the full search's fit every time, patience 2
   differed once. Measured (n = 500, one thread): the same BKW trajectories to the printed digits
-  (d = 2 and 3, time-averaged score error 6.631 % and 3.441 %) at 12–15 % less time per step. The search stays on all n points: on a subsample of 16384
-  (BKW d = 2, n = 40000) BIC picked 5 components instead of 10 and the score error rose from
-  8.4 % to 10.4 % for a 7 % saving in time.
+  (d = 2 and 3, time-averaged score error 6.631 % and 3.441 %) at 12–15 % less time per step.
+  The search stays on all n points: on a subsample of 16384 (BKW d = 2, n = 40000) BIC picked
+  5 components instead of 10 and the score error rose from 8.4 % to 10.4 % for a 7 % saving in
+  time.
 - Test-time adaptation: the adapted head carries over.
 - Bounded context: a fresh seeded random subsample per call (HW-style random batches: the
   subsample's error decorrelates from step to step).
@@ -304,8 +305,8 @@ class DiScoFormer(ScoreEstimator):
         if isinstance(dim, bool) or not isinstance(dim, int):
             raise ValueError(f"dim must be an int, got {dim!r}")
         options = dict(adapt_steps=adapt_steps, adapt_lr=adapt_lr, warm_start=warm_start, warm_iters=warm_iters,
-                       refit_every=refit_every, search_patience=search_patience, max_context=max_context, max_pairs=max_pairs,
-                       moment_projection=moment_projection, adapt_holdout=adapt_holdout)
+                       refit_every=refit_every, search_patience=search_patience, max_context=max_context,
+                       max_pairs=max_pairs, moment_projection=moment_projection, adapt_holdout=adapt_holdout)
         if network == PER_DIM_GMM:
             key = gmm_only_key(dim)
             return cls.from_file(weights_path(key), expected_sha256=recorded_sha256(key), **options)
@@ -337,8 +338,8 @@ class DiScoFormer(ScoreEstimator):
         net, _ = load_weights(path)
         return cls(net, dim=dim, adapt_steps=adapt_steps, adapt_lr=adapt_lr, warm_start=warm_start,
                    warm_iters=warm_iters, refit_every=refit_every, search_patience=search_patience,
-                   max_context=max_context,
-                   max_pairs=max_pairs, moment_projection=moment_projection, adapt_holdout=adapt_holdout,
+                   max_context=max_context, max_pairs=max_pairs, moment_projection=moment_projection,
+                   adapt_holdout=adapt_holdout,
                    source=Path(path).name, sha256=sha)
 
     # ------------------------------------------------------------------ state
@@ -462,7 +463,8 @@ class DiScoFormer(ScoreEstimator):
 
         def search():
             mix = fit_mixture(ctx_w, c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge,
-                              tied=c.mixture_tied, unbiased=c.mixture_unbiased, patience=self.search_patience or None)
+                              tied=c.mixture_tied, unbiased=c.mixture_unbiased,
+                              patience=self.search_patience or None)
             _, gain = refit_mixture(ctx_w, mix, 0, c.mixture_shrink, c.mixture_ridge,
                                     unbiased=c.mixture_unbiased)
             return mix, gain, torch.zeros((), dtype=torch.int64)
