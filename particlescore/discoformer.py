@@ -456,18 +456,22 @@ class DiScoFormer(ScoreEstimator):
             self._calls += 1
         return enc
 
+    def _warm_search(self, ctx_w: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[Mixture, torch.Tensor]:
+        """A warm start's split/BIC search (stopped by ``search_patience``) on whitened contexts
+        (B,n,d): the mixture and its log-likelihood gain per point over the sample Gaussian (B,)."""
+        c = self.net.config
+        mix = fit_mixture(ctx_w, c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge, mask,
+                          tied=c.mixture_tied, unbiased=c.mixture_unbiased, patience=self.search_patience or None)
+        _, gain = refit_mixture(ctx_w, mix, 0, c.mixture_shrink, c.mixture_ridge, mask, unbiased=c.mixture_unbiased)
+        return mix, gain
+
     def _warm_fit(self, ctx_w: torch.Tensor, frame) -> Mixture:
         """The mixture for this call from the last call's (module docstring); updates the state."""
         c = self.net.config
         n, d = ctx_w.shape[1:]
 
         def search():
-            mix = fit_mixture(ctx_w, c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge,
-                              tied=c.mixture_tied, unbiased=c.mixture_unbiased,
-                              patience=self.search_patience or None)
-            _, gain = refit_mixture(ctx_w, mix, 0, c.mixture_shrink, c.mixture_ridge,
-                                    unbiased=c.mixture_unbiased)
-            return mix, gain, torch.zeros((), dtype=torch.int64)
+            return *self._warm_search(ctx_w), torch.zeros((), dtype=torch.int64)
 
         fit, start = self._fit, None
         if fit is not None and int(fit["age"]) + 1 < self.refit_every:
@@ -819,11 +823,7 @@ class DiScoFormer(ScoreEstimator):
             search[w[degraded]] = True
         s = torch.nonzero(search)[:, 0]
         if len(s):
-            mix = fit_mixture(ctx_w[s], c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge,
-                              valid[s], tied=c.mixture_tied, unbiased=c.mixture_unbiased,
-                              patience=self.search_patience or None)
-            _, gain = refit_mixture(ctx_w[s], mix, 0, c.mixture_shrink, c.mixture_ridge, valid[s],
-                                    unbiased=c.mixture_unbiased)
+            mix, gain = self._warm_search(ctx_w[s], valid[s])
             mix_lw[s], mix_mean[s], mix_chol[s] = mix
             gain_ref[s] = gain
             # first search of a cell: start its age at id mod refit_every (spreads the searches)

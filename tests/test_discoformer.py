@@ -155,8 +155,8 @@ def test_fine_tuned_weights_learned_heavy_tails_and_the_gmm_only_ones_stay_avail
     """d = 3: the default file was fine-tuned on Student-t mixtures and Laplace laws (its card says
     so), the Gaussian-mixture-only weights load by network="per-dim-gmm" and TOML name
     "discoformer_gmm", and on Student-t (ν = 3, n = 1024) the fine-tuned file is far better:
-    measured 10.2 % vs about 3.5 % over 16 draws (benchmarks/results/ablation.md), so over 3 draws
-    a factor 1.5 leaves a wide margin."""
+    3.3 % against the GMM-only file's 10.2 % over 16 draws (benchmarks/results/ablation.md), so
+    over 3 draws a factor 1.5 leaves a wide margin."""
     tuned = ps.DiScoFormer.pretrained(dim=3)
     gmm_only = ps.DiScoFormer.pretrained(dim=3, network="per-dim-gmm")
     card = json.loads((ROOT / "particlescore" / "weights" / "discoformer_d3.json").read_text())

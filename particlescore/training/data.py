@@ -17,6 +17,7 @@ exactly the batches an uninterrupted one would.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -57,13 +58,8 @@ def _blur(queries: torch.Tensor, off_fraction: float, generator: torch.Generator
     return queries
 
 
-def _gmm(batch: int, dim: int, generator: torch.Generator):
-    mixture = random_gmm(batch, dim, generator=generator, dtype=torch.float64)
-    return lambda count: mixture.sample(count, generator=generator), mixture.log_prob_and_score
-
-
-def _gaussian(batch: int, dim: int, generator: torch.Generator):
-    mixture = random_gmm(batch, dim, generator=generator, n_components=(1, 1), dtype=torch.float64)
+def _gmm(batch: int, dim: int, generator: torch.Generator, n_components: tuple[int, int] = (1, 10)):
+    mixture = random_gmm(batch, dim, generator=generator, n_components=n_components, dtype=torch.float64)
     return lambda count: mixture.sample(count, generator=generator), mixture.log_prob_and_score
 
 
@@ -126,7 +122,8 @@ def _laplace(batch: int, dim: int, generator: torch.Generator):
 
 #: family name -> ``draw(batch, dim, generator)`` returning ``(sample(count) -> (B,count,d),
 #: log_prob_and_score(x (B,m,d)) -> ((B,m), (B,m,d)))``
-FAMILY_DRAWS = {"gmm": _gmm, "gaussian": _gaussian, "t_mixture": _t_mixture, "laplace": _laplace}
+FAMILY_DRAWS = {"gmm": _gmm, "gaussian": functools.partial(_gmm, n_components=(1, 1)), "t_mixture": _t_mixture,
+                "laplace": _laplace}
 
 
 def make_batch(*, dim: int, batch: int, n: int, n_queries: int, off_fraction: float,
