@@ -424,6 +424,33 @@ def test_warm_and_cold_calls_agree_on_a_gaussian_ensemble(dim):
         np.testing.assert_array_equal(log_w, log_c)
 
 
+def test_warm_search_trigger_ignores_slow_relaxation_at_large_n_but_not_a_collapse(monkeypatch):
+    """``fit_degraded``: at n = 25 600 in d = 2 half a component's BIC penalty per point is
+    6·log(25 600)/51 200 = 1.19e-3, less than the gain a relaxing BKW ensemble loses per step
+    (about 1.5e-3 of 0.1 at dt = 0.02, measured), so the penalty alone searched every other
+    call; the 10 % floor does not. At n = 500 the penalty (0.037) stays the bound."""
+    from particlescore.discoformer import fit_degraded
+    ref = torch.tensor([0.1], dtype=torch.float64)
+    for gain, n, expected in ((0.0985, 25_600, False),   # lost 1.5e-3 > penalty 1.19e-3, < 10 %
+                              (0.0890, 25_600, True),    # lost 11 % of the gain
+                              (0.0700, 500, False),      # lost 0.030 < penalty 0.037
+                              (0.0600, 500, True)):      # lost 0.040 > penalty
+        got = fit_degraded(torch.tensor([gain], dtype=torch.float64), ref, n, 2)
+        assert bool(got) is expected, (gain, n)
+    # the warm path: two separated modes, then a single Gaussian (the gain collapses): it searches
+    searches = []
+    original = ps.DiScoFormer._warm_search
+    monkeypatch.setattr(ps.DiScoFormer, "_warm_search",
+                        lambda self, *a, **k: searches.append(1) or original(self, *a, **k))
+    warm = ps.DiScoFormer.pretrained(dim=2, warm_start=True)
+    x, _ = _separating_pair(2, 0)
+    warm(x)
+    warm(x)
+    assert len(searches) == 1 and int(torch.isfinite(warm._fit["log_weight"]).sum()) >= 2
+    warm(torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
+    assert len(searches) == 2 and int(torch.isfinite(warm._fit["log_weight"]).sum()) == 1
+
+
 @pytest.mark.parametrize("holdout", [0, 64])
 def test_state_dict_resume_is_bitwise_with_adaptation_and_warm_fit(holdout):
     def make():  # with holdout: the held-out draw is seeded by the call count, which the state holds
