@@ -88,6 +88,9 @@ class EncodedContext(NamedTuple):
     mask: torch.Tensor | None = None    # (B, n) valid points of a padded batch
     counts: list | None = None          # valid points per element of a padded batch
     radius: torch.Tensor | None = None  # (B,) largest whitened norm of the whole context (far_field)
+    bank_w: torch.Tensor | None = None  # (B, P_b, d) the kernel bank's points when not ctx_w (encode)
+    bank_mask: torch.Tensor | None = None   # (B, P_b) and
+    bank_counts: list | None = None         # per element, of a padded bank_w
 
 
 def context_radius(ctx_w: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -124,14 +127,14 @@ class WhitenedModel(nn.Module):
 
     def encode(self, context: torch.Tensor, mixture: Mixture | None = None,
                counts: list[int] | None = None, *, fitter=None,
-               subsample: torch.Tensor | None = None) -> EncodedContext:
+               subsample: torch.Tensor | None = None, bank_subsample: torch.Tensor | None = None) -> EncodedContext:
         """Whiten ``context`` (B,n,d), fit the mixture candidate and encode the context tokens.
 
         ``mixture``: use this fit (whitened units) instead; ``fitter(ctx_w, frame) -> Mixture``:
         fit with this instead of the cold search (the estimator's warm start); ``counts``: valid
         points per element of a padded batch; ``subsample`` (P,) indices: the kernel bank and the
         attention see only these context points (bounded cost), the frame and the mixture fit
-        use all n.
+        use all n; ``bank_subsample`` (P_b,) indices: the kernel bank sees these points instead.
         """
         c = self.net.config
         mask = None
@@ -147,11 +150,15 @@ class WhitenedModel(nn.Module):
         if mixture is None:
             mixture = self.fit_mixture(ctx_w, frame, mask, fitter)
         radius = context_radius(ctx_w, mask)                                 # (B,) of all n points
+        bank_w = None
+        if (subsample is not None or bank_subsample is not None) and mask is not None:
+            raise ValueError("subsample and counts cannot be combined")
+        if bank_subsample is not None:
+            bank_w = ctx_w[:, bank_subsample]                                # (B, P_b, d)
         if subsample is not None:
-            if mask is not None:
-                raise ValueError("subsample and counts cannot be combined")
             ctx_w = ctx_w[:, subsample]                                      # (B, P, d)
-        return EncodedContext(frame, ctx_w, self.net.encode_context(ctx_w, mask), mixture, mask, counts, radius)
+        return EncodedContext(frame, ctx_w, self.net.encode_context(ctx_w, mask), mixture, mask, counts, radius,
+                              bank_w)
 
     def fit_mixture(self, ctx_w: torch.Tensor, frame: AffineFrame, mask: torch.Tensor | None = None,
                     fitter=None) -> Mixture | None:
@@ -169,7 +176,9 @@ class WhitenedModel(nn.Module):
         return mixture
 
     def candidates(self, enc: EncodedContext, qry_w: torch.Tensor) -> Candidates:
-        return evaluate_candidates(self.net.config, enc.ctx_w, enc.mixture, qry_w, enc.counts, enc.mask)
+        if enc.bank_w is None:
+            return evaluate_candidates(self.net.config, enc.ctx_w, enc.mixture, qry_w, enc.counts, enc.mask)
+        return evaluate_candidates(self.net.config, enc.bank_w, enc.mixture, qry_w, enc.bank_counts, enc.bank_mask)
 
     def decode_whitened(self, enc: EncodedContext, qry_w: torch.Tensor):
         """Whitened log-density (B,m) and score (B,m,d) at whitened queries (B,m,d)."""
@@ -204,7 +213,7 @@ class WhitenedModel(nn.Module):
         """Log-density (B,m) and score (B,m,d) at ``queries`` (original coordinates); queries go
         in chunks, so memory is O(chunk·n)."""
         qry_w = enc.frame.whiten(queries)                                    # (B, m, d)
-        B, n = enc.ctx_w.shape[:2]
+        B, n = (enc.ctx_w if enc.bank_w is None else enc.bank_w).shape[:2]
         m = queries.shape[1]
         if chunk is None:  # bound the (B, chunk, n) kernel blocks of the bank
             chunk = max(16, min(self.net.config.query_chunk, 2 ** 23 // (B * n * self.net.n_candidates) + 1))

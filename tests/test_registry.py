@@ -119,7 +119,7 @@ def test_every_discoformer_option_reaches_the_estimator():
     tables = cfgmod.read_toml(cfgmod.DEFAULT_CASE)
     settings = {"adapt_steps": 2, "adapt_lr": 0.002, "warm_start": False, "proximal": 0.25, "max_drift": 0.75,
                 "adapt_points": 64, "warm_iters": 1, "refit_every": 7, "search_patience": 0, "max_context": 512,
-                "max_pairs": 2 ** 20, "moment_projection": True, "adapt_holdout": 32}
+                "max_pairs": 2 ** 20, "bank_growth": 0.5, "moment_projection": True, "adapt_holdout": 32}
     names = {f.name for f in dataclasses.fields(registry.resolve("estimator", "discoformer").options)}
     assert names == set(settings)                        # every constructor option is a TOML key
     cfg = cfgmod.config_from_dict(apply_overrides(tables, [f"estimator.{k}={str(v).lower()}" for k, v in settings.items()]))
