@@ -128,7 +128,7 @@ def write_report(rows: list[dict], notes: list[str], args, command: str, seconds
     lines = ["# Solver scale: per-step wall time, peak memory, score error vs n", "",
              f"`{command}` "
              f"(single thread per process, {args.steps} timed steps after one untimed step, dt = {DT}; "
-             f"DiScoFormer warm-started, max_context = {args.max_context}; device {args.device}"
+             f"DiScoFormer warm-started, max_context = {args.max_context}, default bank_growth; device {args.device}"
              f"{' (' + torch.cuda.get_device_name() + '; peak = peak GPU allocation)' if args.device == 'cuda' else ''}; total {seconds:.0f} s; load average {' / '.join(f'{v:.1f}' for v in os.getloadavg())} at the end, on 2 cores shared with other jobs).",
              "Peak = the worker process's peak RSS (Python + torch + everything). err(t0): first call, exact "
              "initial law (SBTM is fitted to the exact initial score before it, so its err(t0) is not an "

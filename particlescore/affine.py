@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from .candidates import Candidates, Mixture, evaluate_candidates, fit_mixture, loo_covariances
+from .candidates import Candidates, Mixture, evaluate_candidates, fit_mixture, loo_covariances, uses_fused_bank
 from .model import DiScoFormerNet
 
 __all__ = ["AffineFrame", "EncodedContext", "WhitenedModel"]
@@ -215,8 +215,11 @@ class WhitenedModel(nn.Module):
         qry_w = enc.frame.whiten(queries)                                    # (B, m, d)
         B, n = (enc.ctx_w if enc.bank_w is None else enc.bank_w).shape[:2]
         m = queries.shape[1]
-        if chunk is None:  # bound the (B, chunk, n) kernel blocks of the bank
-            chunk = max(16, min(self.net.config.query_chunk, 2 ** 23 // (B * n * self.net.n_candidates) + 1))
+        if chunk is None:
+            if uses_fused_bank(enc.ctx_w, qry_w):   # O(d·n) memory per query: one chunk of query_chunk
+                chunk = self.net.config.query_chunk
+            else:  # bound the (B, chunk, n) kernel blocks of the torch bank
+                chunk = max(16, min(self.net.config.query_chunk, 2 ** 23 // (B * n * self.net.n_candidates) + 1))
         logs, scores = [], []
         for start in range(0, m, chunk):
             log_f, score = enc.frame.unwhiten(*self.decode_whitened(enc, qry_w[:, start:start + chunk]))

@@ -68,10 +68,16 @@ def kernel_bank(ctx: torch.Tensor, qry: torch.Tensor, kde_c: list[float], local_
     queries, twice) or lives on another device runs :func:`kernel_bank_torch`. Both compute the
     same quantities; they agree to the rounding of the dtype (tests/test_kernels.py).
     """
-    needs_grad = torch.is_grad_enabled() and (ctx.requires_grad or qry.requires_grad)
-    if needs_grad or ctx.device.type != "cpu" or ctx.dtype not in (torch.float32, torch.float64):
+    if not uses_fused_bank(ctx, qry):
         return kernel_bank_torch(ctx, qry, kde_c, local_c, local_ridge, counts, mask)
     return _kernel_bank_fused(ctx, qry, kde_c, local_c, local_ridge, counts, mask)
+
+
+def uses_fused_bank(ctx: torch.Tensor, qry: torch.Tensor) -> bool:
+    """Whether :func:`kernel_bank` runs the fused numba kernel (O(d·n) memory per query) on
+    these tensors rather than :func:`kernel_bank_torch` ((B, m, n) blocks)."""
+    needs_grad = torch.is_grad_enabled() and (ctx.requires_grad or qry.requires_grad)
+    return not needs_grad and ctx.device.type == "cpu" and ctx.dtype in (torch.float32, torch.float64)
 
 
 def _kernel_bank_fused(ctx, qry, kde_c, local_c, local_ridge, counts, mask):

@@ -50,8 +50,12 @@ small time step apart.
   5 components instead of 10 and the score error rose from 8.4 % to 10.4 % for a 7 % saving in
   time.
 - Test-time adaptation: the adapted head carries over.
-- Bounded context: a fresh seeded random subsample per call (HW-style random batches: the
-  subsample's error decorrelates from step to step).
+- Bounded context: the same seeded subsample of particle indices every call, warm or cold (the
+  subsample moves with its particles). A fresh draw per step was tried (random batches, whose
+  errors decorrelate from step to step) and was worse: its step-to-step jumps in the score act
+  as noise on the particles. BKW, d = 2, n = 25 600, Euler, dt = 0.02, score error at
+  t0 + 0.1 … t0 + 1 averaged: 3.25 / 3.74 % with fresh draws, 2.65 / 3.24 % with fixed ones
+  (seeds 0 / 1; lower at 17 of the 20 saved times).
 Heun's corrector call therefore reuses the predictor call's fit. For direct API calls the same
 holds: results depend on the call history (and on ``state_dict()``), so use
 ``warm_start=True`` only for sequences of slowly changing ensembles; :meth:`reset` forgets it.
@@ -268,7 +272,7 @@ class DiScoFormer(ScoreEstimator):
     """Pretrained transformer score estimator (see module docstring).
 
     ``adapt_steps`` Adam steps of test-time adaptation (learning rate ``adapt_lr``) on each call;
-    ``warm_start=True`` carries the adapted head, the mixture fit and the subsample stream to the
+    ``warm_start=True`` carries the adapted head and the mixture fit to the
     next call (the solver's mode; module docstring), with ``warm_iters`` EM steps per call and a
     full split/BIC search (stopped by ``search_patience``) at least every ``refit_every`` calls;
     :meth:`reset` returns to the pretrained weights and a cold fit. ``adapt_points`` caps how
@@ -328,7 +332,7 @@ class DiScoFormer(ScoreEstimator):
         self._pretrained = [p.detach().clone() for p in net.adaptable_parameters()]
         self._last_consistency: float | None = None
         self._fit: dict | None = None     # warm-start mixture state (see _warm_fit)
-        self._calls = 0                   # calls since reset (seeds the context subsample when warm)
+        self._calls = 0                   # calls since reset (seeds the held-out draw when warm)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -496,8 +500,8 @@ class DiScoFormer(ScoreEstimator):
         size, bank_size = self.context_size(n, m), self.bank_context_size(n, m)
         subsample = bank_subsample = None
         if size < n:
-            # seeded by n and, when warm, by the call count: a fresh random batch every step
-            g = torch.Generator().manual_seed(1_000_003 * n + (self._calls if self.warm_start else 0))
+            # seeded by n alone: the same points every call, warm or cold (module docstring)
+            g = torch.Generator().manual_seed(1_000_003 * n)
             order = torch.randperm(n, generator=g)
             subsample = order[:size]
             bank_subsample = order[:bank_size] if bank_size > size else None   # nested: ⊇ the attention's
