@@ -61,7 +61,8 @@ def main(argv=None):
             f"Relative score MSE against the exact score at all n particles, mean ± standard error over "
             f"{args.seeds} draws, and the mean wall time of the call (it includes the cold split/BIC search "
             "on all n points). The attention sees 2048 points in both columns.", "",
-            "| time | n | bank points (default) | default, bank_growth = 0.2 | bank_growth = 0 (bank on the attention's 2048) |",
+            "| time | n | bank points (default) | default, bank_growth = 0.2 "
+            "| bank_growth = 0 (bank on the attention's 2048) |",
             "|---|---|---|---|---|", *rows, ""]
     args.out.write_text("\n".join(text) + "\n")
 

@@ -62,7 +62,8 @@ def main(argv=None):
     lines = [f"# BKW d = 2, n = {args.n}, Euler, dt = {args.dt}, t0 … t0 + {args.duration}, seed {args.seed}", "",
              f"`OMP_NUM_THREADS=1 python benchmarks/bkw_large.py --n {args.n} --dt {args.dt} --duration "
              f"{args.duration} --seed {args.seed}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-             f"particlescore {ps.__version__}, torch {torch.__version__}; one thread, 2-core machine).", "",
+             f"particlescore {ps.__version__}, torch {torch.__version__}; one thread, on 2 cores shared "
+             "with at most one other job).", "",
              f"Bar (issue 8): ≤ 2 s per step; score error ≤ 1.5 % at every saved time from t0 + {BAR_DELAY:.3f} "
              "(0.05 time units at B = 1/16).", ""]
     for method in args.methods:

@@ -696,7 +696,7 @@ class DiScoFormer(ScoreEstimator):
         ``self(contexts[c, :counts[c]])`` with ``warm_start=False`` would (same whitening,
         bandwidths, mixture fit and context size; equal to float round-off), with padded rows of
         the outputs set to 0; a cell with ``context_size(n_c, n_c) < n_c`` (module docstring,
-        "Bounded cost") has its kernel bank and attention on the same seeded subsample as that
+        "Bounded cost") has its attention and kernel bank on the same seeded subsamples as that
         call. numpy in -> numpy out, torch in -> torch out. Test-time adaptation
         is per context, so this batched call requires ``adapt_steps == 0`` (it uses the current
         head). The estimator's own ``warm_start`` state is neither used nor changed.
@@ -709,7 +709,7 @@ class DiScoFormer(ScoreEstimator):
         ``warm_iters`` EM steps from its last fit carried into the new frame, exactly as the
         single-context warm start (module docstring, "Warm start"); the split/BIC search reruns
         for cells without a fit, when a cell's fit has aged ``refit_every`` calls, or when its
-        log-likelihood gain fell by more than half a component's BIC penalty per point. After a
+        log-likelihood gain fell as :func:`fit_degraded` says. After a
         cell's first search its age starts at ``id mod refit_every``, so that the periodic
         searches of many cells spread over calls instead of all landing on the same call. The
         kernel bank and attention are unchanged (they carry no state). ``state=None``: every
@@ -764,10 +764,11 @@ class DiScoFormer(ScoreEstimator):
         return (log_f.numpy(), score.numpy()) if is_numpy else (log_f, score)
 
     def _encode_cells(self, ctx: torch.Tensor, counts: list[int], fitter) -> EncodedContext:
-        """``model.encode`` of a padded group of cells (G,n,d), with each cell's kernel bank and
-        attention on the seeded subsample of :meth:`context_size` points that a cold
-        ``self(cell)`` call uses (``_prepare``: seed ``1_000_003·n_c``); frame and mixture on all
-        points. Without any subsampled cell it is ``model.encode`` itself."""
+        """``model.encode`` of a padded group of cells (G,n,d), with each cell's attention on the
+        seeded subsample of :meth:`context_size` points and its kernel bank on the first
+        :meth:`bank_context_size` points of the same order, as a ``self(cell)`` call (``_prepare``:
+        seed ``1_000_003·n_c``); frame and mixture on all points. Without any subsampled cell it
+        is ``model.encode`` itself."""
         sizes = [self.context_size(k, k) for k in counts]
         bank_sizes = [self.bank_context_size(k, k) for k in counts]
         if sizes == counts:
