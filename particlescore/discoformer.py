@@ -38,9 +38,9 @@ small time step apart.
   searched 26 and 25 times (2.16 / 2.11 s per call) for a time-averaged score error of 4.11 /
   4.74 %; with the 10 % floor 5 and 5 times (1.74 / 1.78 s) for 3.83 / 4.59 % (only every
   ``refit_every`` calls: 1.61 / 1.62 s, 3.35 / 4.62 %). Below a few thousand points the penalty
-  is the larger bound unless the gain exceeds ten times it. A warm search stops growing once BIC has not improved for
-  ``search_patience`` more components (0: up to the config's maximum, as a cold call and training
-  do); on single Gaussians that is 3 of 9 splits. BIC is not monotone in K (the first splits of
+  is the larger bound unless the gain exceeds ten times it. A warm search stops growing once BIC
+  has not improved for ``search_patience`` more components (0: up to the config's maximum, as
+  a cold call and training do); on single Gaussians that is 3 of 9 splits. BIC is not monotone in K (the first splits of
   a whitened, nearly isotropic cloud can miss the separating direction: two modes in d = 10 were
   found at K = 4 after K = 2 and 3 lost), so the default is 3: on 216 draws of the training
   families (d = 2, 3, 10; n = 256, 1024) it chose the full search's fit every time, patience 2
@@ -55,7 +55,7 @@ small time step apart.
   errors decorrelate from step to step) and was worse: its step-to-step jumps in the score act
   as noise on the particles. BKW, d = 2, n = 25 600, Euler, dt = 0.02, score error at
   t0 + 0.1 … t0 + 1 averaged: 3.25 / 3.74 % with fresh draws, 2.65 / 3.24 % with fixed ones
-  (seeds 0 / 1; lower at 17 of the 20 saved times).
+  (seeds 0 / 1; lower at 16 of the 20 saved times).
 Heun's corrector call therefore reuses the predictor call's fit. For direct API calls the same
 holds: results depend on the call history (and on ``state_dict()``), so use
 ``warm_start=True`` only for sequences of slowly changing ensembles; :meth:`reset` forgets it.
