@@ -478,6 +478,24 @@ def test_bank_context_grows_with_n_and_the_larger_bank_is_more_accurate():
         assert err_full < err_flat, (seed, err_full, err_flat)
 
 
+def test_warm_calls_keep_the_same_nested_subsamples_and_chunks_do_not_change_outputs():
+    """The warm estimator's bounded context is the same particles every call (a fresh draw per
+    step acted as noise on the trajectory: module docstring), the bank's points contain the
+    attention's, and the query chunk size (one chunk of query_chunk on the fused bank) changes
+    the outputs only by float32 round-off."""
+    est = ps.DiScoFormer.pretrained(dim=2, warm_start=True, max_context=64, max_pairs=64 * 100)
+    x = torch.randn(300, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    first, second = est._prepare(x), est._prepare(x)
+    assert first.ctx_w.shape[1] == 64 and first.bank_w.shape[1] == est.bank_context_size(300, 300) == 87
+    assert torch.equal(first.ctx_w, second.ctx_w) and torch.equal(first.bank_w, second.bank_w)
+    assert torch.equal(first.bank_w[:, :64], first.ctx_w)                   # nested
+    q = x.to(torch.float32)[None]
+    whole = est.model.predict(first, q)
+    pieces = est.model.predict(first, q, chunk=7)
+    for a, b in zip(whole, pieces):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("holdout", [0, 64])
 def test_state_dict_resume_is_bitwise_with_adaptation_and_warm_fit(holdout):
     def make():  # with holdout: the held-out draw is seeded by the call count, which the state holds
