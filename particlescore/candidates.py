@@ -572,6 +572,25 @@ def refit_mixture(x: torch.Tensor, mix: Mixture, iters: int, shrink: float, ridg
     return Mixture(mix.log_weight.to(dtype), mix.mean.to(dtype), mix.chol.to(dtype)), gain
 
 
+@torch.no_grad()
+def mixture_score_matching_loss(x: torch.Tensor, mix: Mixture) -> torch.Tensor:
+    """Hyvärinen's score-matching loss of the mixture at its own points x (B,n,d), (B,) float64:
+    ``J = mean_i ½|s(x_i)|² + ∇·s(x_i)``, equal to ``½ E|s − ∇log f|²`` up to a constant that
+    does not depend on the mixture (Hyvärinen 2005, JMLR 6, eq. 4). In closed form, with
+    responsibilities r_k, component scores ``s_k = −Σ_k⁻¹(x − μ_k)`` and ``s = Σ r_k s_k``
+    (∇r_k = r_k(s_k − s)): ``∇·s = Σ_k r_k(|s_k|² − tr Σ_k⁻¹) − |s|²``."""
+    x = x.double()
+    mix = Mixture(mix.log_weight.double(), mix.mean.double(), mix.chol.double())
+    used = torch.isfinite(mix.log_weight)                                    # (B, K)
+    log_p, s_k, _ = _component_log_prob(x, mix, want_score=True)            # (B, K, n), (B, K, n, d)
+    resp = torch.softmax(log_p, 1)                                           # (B, K, n)
+    inv_l = torch.linalg.inv(mix.chol)                                       # (B, K, d, d)
+    trace = torch.where(used, (inv_l * inv_l).sum((-2, -1)), 0.0)            # (B, K) tr Σ_k⁻¹
+    score = (resp[..., None] * s_k).sum(1)                                   # (B, n, d)
+    div = (resp * ((s_k * s_k).sum(-1) - trace[..., None])).sum(1) - (score * score).sum(-1)  # (B, n)
+    return (0.5 * (score * score).sum(-1) + div).mean(-1)                    # (B,)
+
+
 def mixture_candidate(mix: Mixture, qry: torch.Tensor):
     """The fitted mixture at ``qry`` (B,m,d): score (B,m,d), log-density (B,m) and descriptors
     (B,m,3): responsibility entropy, √(Mahalanobis²/d) to the likeliest component, and that

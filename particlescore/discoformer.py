@@ -105,7 +105,7 @@ from . import registry
 from ._validation import as_particles, check_min_particles
 from .estimators import ScoreEstimator
 from .affine import AffineFrame, EncodedContext, WhitenedModel, context_radius
-from .candidates import Mixture, fit_mixture, refit_mixture, reframe_mixture
+from .candidates import Mixture, fit_mixture, mixture_score_matching_loss, refit_mixture, reframe_mixture
 from .model import DiScoFormerConfig, DiScoFormerNet, build_network
 from .stein import project_score
 
@@ -531,7 +531,7 @@ class DiScoFormer(ScoreEstimator):
             return *self._warm_search(ctx_w), torch.zeros((), dtype=torch.int64)
 
         fit, start = self._fit, None
-        if fit is not None and int(fit["age"]) + 1 < self.refit_every:
+        if fit is not None:
             old = AffineFrame(fit["frame_mean"].to(frame.mean), fit["frame_chol"].to(frame.chol),
                               fit["frame_log_det"].to(frame.log_det))
             try:
@@ -543,8 +543,14 @@ class DiScoFormer(ScoreEstimator):
         else:
             mix, gain = refit_mixture(ctx_w, start, self.warm_iters, c.mixture_shrink, c.mixture_ridge,
                                       unbiased=c.mixture_unbiased)
-            if bool(fit_degraded(gain, fit["gain_ref"], n, d).any()):
-                mix, gain_ref, age = search()
+            if int(fit["age"]) + 1 >= self.refit_every or bool(fit_degraded(gain, fit["gain_ref"], n, d).any()):
+                # the search's fit replaces the warm one only where it matches the points' score
+                # better (module docstring): BIC's likelihood can prefer fewer components that do not
+                found, found_gain, age = search()
+                better = mixture_score_matching_loss(ctx_w, found) < mixture_score_matching_loss(ctx_w, mix)  # (B,)
+                mix = Mixture(*(torch.where(better.view((-1,) + (1,) * (a.dim() - 1)), a, b)
+                                for a, b in zip(found, mix)))
+                gain_ref = torch.where(better, found_gain, gain)
             else:
                 gain_ref, age = fit["gain_ref"], fit["age"] + 1
         self._fit = {"log_weight": mix.log_weight, "mean": mix.mean, "chol": mix.chol, "frame_mean": frame.mean,
