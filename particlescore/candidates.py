@@ -307,6 +307,11 @@ def _unbiased_precision(mix: Mixture, counts: torch.Tensor) -> Mixture:
     return Mixture(mix.log_weight, mix.mean, mix.chol * factor.sqrt()[..., None, None])
 
 
+def select_mixture(choose: torch.Tensor, first: Mixture, second: Mixture) -> Mixture:
+    """Per batch element, ``first`` where ``choose`` (B,) is True, else ``second`` (same shapes)."""
+    return Mixture(*(torch.where(choose.view((-1,) + (1,) * (a.dim() - 1)), a, b) for a, b in zip(first, second)))
+
+
 def _padded(mix: Mixture, size: int) -> Mixture:
     """``mix`` padded to ``size`` components: weight 0 (log −inf), mean 0, identity covariance."""
     B, k, d = mix.mean.shape
@@ -411,8 +416,7 @@ def fit_mixture(x: torch.Tensor, max_components: int, iters: int, shrink: float,
                 better = better & tied_allowed
             if omega is not None:
                 better = better & (k * d <= counts / 2)                      # (B,) per-element cap
-            best = Mixture(*(torch.where(better.view((B,) + (1,) * (new.dim() - 1)), new, old)
-                             for new, old in zip(_padded(chain, max_components), best)))
+            best = select_mixture(better, _padded(chain, max_components), best)
             best_bic = torch.where(better, score, best_bic)
             best_k = torch.where(better, k, best_k)
         chains = grown
@@ -573,8 +577,9 @@ def refit_mixture(x: torch.Tensor, mix: Mixture, iters: int, shrink: float, ridg
 
 
 @torch.no_grad()
-def mixture_score_matching_loss(x: torch.Tensor, mix: Mixture) -> torch.Tensor:
-    """Hyvärinen's score-matching loss of the mixture at its own points x (B,n,d), (B,) float64:
+def mixture_score_matching_loss(x: torch.Tensor, mix: Mixture, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Hyvärinen's score-matching loss of the mixture at its own points x (B,n,d) (``mask`` (B,n):
+    the valid ones of a padded batch), (B,) float64:
     ``J = mean_i ½|s(x_i)|² + ∇·s(x_i)``, equal to ``½ E|s − ∇log f|²`` up to a constant that
     does not depend on the mixture (Hyvärinen 2005, JMLR 6, eq. 4). In closed form, with
     responsibilities r_k, component scores ``s_k = −Σ_k⁻¹(x − μ_k)`` and ``s = Σ r_k s_k``
@@ -588,7 +593,11 @@ def mixture_score_matching_loss(x: torch.Tensor, mix: Mixture) -> torch.Tensor:
     trace = torch.where(used, (inv_l * inv_l).sum((-2, -1)), 0.0)            # (B, K) tr Σ_k⁻¹
     score = (resp[..., None] * s_k).sum(1)                                   # (B, n, d)
     div = (resp * ((s_k * s_k).sum(-1) - trace[..., None])).sum(1) - (score * score).sum(-1)  # (B, n)
-    return (0.5 * (score * score).sum(-1) + div).mean(-1)                    # (B,)
+    loss = 0.5 * (score * score).sum(-1) + div                               # (B, n)
+    if mask is None:
+        return loss.mean(-1)
+    omega = mask.to(loss.dtype)                                              # (B, n)
+    return (loss * omega).sum(-1) / omega.sum(-1)                            # (B,)
 
 
 def mixture_candidate(mix: Mixture, qry: torch.Tensor):

@@ -56,7 +56,7 @@ small time step apart.
   search and a BIC comparison pick the same); with the choice the 10 components stayed and the
   error kept falling, 1.81 % there and 0.53 % at t0 + 1 (1.55 % before). At n = 500 (BKW d = 2,
   warm, Euler, 3 seeds, 3 time units) the time-averaged error fell from 7.50 to 6.12 %; d = 3 was
-  unchanged. Per-cell warm starts (:meth:`evaluate_cells`) still take the search's fit.
+  unchanged. Per-cell warm starts (:meth:`evaluate_cells`) follow the same rule.
 - Test-time adaptation: the adapted head carries over.
 - Bounded context: the same seeded subsample of particle indices every call, warm or cold (the
   subsample moves with its particles). A fresh draw per step was tried (random batches, whose
@@ -113,7 +113,8 @@ from . import registry
 from ._validation import as_particles, check_min_particles
 from .estimators import ScoreEstimator
 from .affine import AffineFrame, EncodedContext, WhitenedModel, context_radius
-from .candidates import Mixture, fit_mixture, mixture_score_matching_loss, refit_mixture, reframe_mixture
+from .candidates import (Mixture, fit_mixture, mixture_score_matching_loss, refit_mixture, reframe_mixture,
+                         select_mixture)
 from .model import DiScoFormerConfig, DiScoFormerNet, build_network
 from .stein import project_score
 
@@ -504,15 +505,9 @@ class DiScoFormer(ScoreEstimator):
         warm-started when ``warm_start``; the bank and attention on a subsample when
         :meth:`context_size` is below n."""
         n = x.shape[0]
-        m = n if m is None else m
-        size, bank_size = self.context_size(n, m), self.bank_context_size(n, m)
-        subsample = bank_subsample = None
-        if size < n:
-            # seeded by n alone: the same points every call, warm or cold (module docstring)
-            g = torch.Generator().manual_seed(1_000_003 * n)
-            order = torch.randperm(n, generator=g)
-            subsample = order[:size]
-            bank_subsample = order[:bank_size] if bank_size > size else None   # nested: ⊇ the attention's
+        # seeded by n alone: the same points every call, warm or cold (module docstring)
+        subsample, bank_subsample = self._subsamples(n, n if m is None else m,
+                                                     torch.Generator().manual_seed(1_000_003 * n))
         fitter = self._warm_fit if self.warm_start and self.net.config.mixture_components else None
         with torch.no_grad():
             enc = self.model.encode(x.to(self._model_dtype())[None], fitter=fitter, subsample=subsample,
@@ -520,6 +515,16 @@ class DiScoFormer(ScoreEstimator):
         if self.warm_start:
             self._calls += 1
         return enc
+
+    def _subsamples(self, n: int, m: int, generator: torch.Generator):
+        """Indices of the attention's and the bank's points among n for m queries: the first
+        :meth:`context_size` and :meth:`bank_context_size` of one random order (nested), each None
+        where it is every point or (the bank's) the attention's."""
+        size, bank_size = self.context_size(n, m), self.bank_context_size(n, m)
+        if size >= n:
+            return None, None
+        order = torch.randperm(n, generator=generator)
+        return order[:size], (order[:bank_size] if bank_size > size else None)
 
     def _warm_search(self, ctx_w: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[Mixture, torch.Tensor]:
         """A warm start's split/BIC search (stopped by ``search_patience``) on whitened contexts
@@ -529,6 +534,15 @@ class DiScoFormer(ScoreEstimator):
                           tied=c.mixture_tied, unbiased=c.mixture_unbiased, patience=self.search_patience or None)
         _, gain = refit_mixture(ctx_w, mix, 0, c.mixture_shrink, c.mixture_ridge, mask, unbiased=c.mixture_unbiased)
         return mix, gain
+
+    def _search_against(self, ctx_w: torch.Tensor, warm: Mixture, warm_gain: torch.Tensor,
+                        mask: torch.Tensor | None = None) -> tuple[Mixture, torch.Tensor]:
+        """A warm search on whitened contexts (B,n,d) whose fit replaces the warm-refined ``warm``
+        only where the mixture's score-matching loss on the points is lower (module docstring):
+        the mixture and its gain over the sample Gaussian per point (B,)."""
+        found, found_gain = self._warm_search(ctx_w, mask)
+        better = mixture_score_matching_loss(ctx_w, found, mask) < mixture_score_matching_loss(ctx_w, warm, mask)
+        return select_mixture(better, found, warm), torch.where(better, found_gain, warm_gain)
 
     def _warm_fit(self, ctx_w: torch.Tensor, frame) -> Mixture:
         """The mixture for this call from the last call's (module docstring); updates the state."""
@@ -552,13 +566,8 @@ class DiScoFormer(ScoreEstimator):
             mix, gain = refit_mixture(ctx_w, start, self.warm_iters, c.mixture_shrink, c.mixture_ridge,
                                       unbiased=c.mixture_unbiased)
             if int(fit["age"]) + 1 >= self.refit_every or bool(fit_degraded(gain, fit["gain_ref"], n, d).any()):
-                # the search's fit replaces the warm one only where it matches the points' score
-                # better (module docstring): BIC's likelihood can prefer fewer components that do not
-                found, found_gain, age = search()
-                better = mixture_score_matching_loss(ctx_w, found) < mixture_score_matching_loss(ctx_w, mix)  # (B,)
-                mix = Mixture(*(torch.where(better.view((-1,) + (1,) * (a.dim() - 1)), a, b)
-                                for a, b in zip(found, mix)))
-                gain_ref = torch.where(better, found_gain, gain)
+                mix, gain_ref = self._search_against(ctx_w, mix, gain)
+                age = torch.zeros((), dtype=torch.int64)
             else:
                 gain_ref, age = fit["gain_ref"], fit["age"] + 1
         self._fit = {"log_weight": mix.log_weight, "mean": mix.mean, "chol": mix.chol, "frame_mean": frame.mean,
@@ -657,12 +666,7 @@ class DiScoFormer(ScoreEstimator):
         g = torch.Generator().manual_seed(7_919 * n + self._calls)
         order = torch.randperm(n, generator=g).to(context.device)
         held, kept = context[order[:v]], context[order[v:]]                  # (v, d), (n − v, d)
-        size, bank_size = self.context_size(n - v, v), self.bank_context_size(n - v, v)
-        subsample = bank_subsample = None
-        if size < n - v:
-            order = torch.randperm(n - v, generator=g).to(context.device)
-            subsample = order[:size]
-            bank_subsample = order[:bank_size] if bank_size > size else None
+        subsample, bank_subsample = self._subsamples(n - v, v, g)
 
         def carried(ctx_w, frame):
             return reframe_mixture(enc.mixture, *enc.frame.change_to(frame))
@@ -723,11 +727,12 @@ class DiScoFormer(ScoreEstimator):
         ``warm_iters`` EM steps from its last fit carried into the new frame, exactly as the
         single-context warm start (module docstring, "Warm start"); the split/BIC search reruns
         for cells without a fit, when a cell's fit has aged ``refit_every`` calls, or when its
-        log-likelihood gain fell as :func:`fit_degraded` says. After a
-        cell's first search its age starts at ``id mod refit_every``, so that the periodic
-        searches of many cells spread over calls instead of all landing on the same call. The
-        kernel bank and attention are unchanged (they carry no state). ``state=None``: every
-        call is a pure function of its input.
+        log-likelihood gain fell as :func:`fit_degraded` says, and a search's fit replaces the
+        refined one only where its score-matching loss is lower. After a cell's first search its
+        age starts at ``id mod refit_every``, so that the periodic searches of many cells spread
+        over calls instead of all landing on the same call. The kernel bank and attention are
+        unchanged (they carry no state). ``state=None``: every call is a pure function of its
+        input.
         """
         if self.adapt_steps:
             raise ValueError("evaluate_cells does not adapt the head per cell; use adapt_steps=0")
@@ -793,17 +798,20 @@ class DiScoFormer(ScoreEstimator):
         frame = AffineFrame.fit(ctx, c.whiten_ridge, mask)
         ctx_w = frame.whiten(ctx).masked_fill(~mask[..., None], 0.0)         # (G, n, d)
         mixture = self.model.fit_mixture(ctx_w, frame, mask, fitter)
+        grown = bank_sizes != sizes                                          # some bank sees more points
         P, P_b = max(sizes), max(bank_sizes)
         sub = torch.zeros(len(counts), P, ctx.shape[2], dtype=ctx_w.dtype, device=dev)  # (G, P, d)
-        bank = torch.zeros(len(counts), P_b, ctx.shape[2], dtype=ctx_w.dtype, device=dev)  # (G, P_b, d)
+        bank = (torch.zeros(len(counts), P_b, ctx.shape[2], dtype=ctx_w.dtype, device=dev)
+                if grown else None)                                          # (G, P_b, d)
         for b, (k, size, bank_size) in enumerate(zip(counts, sizes, bank_sizes)):
             order = (torch.randperm(k, generator=torch.Generator().manual_seed(1_000_003 * k))
                      if size < k else torch.arange(k)).to(dev)
             sub[b, :size] = ctx_w[b, order[:size]]
-            bank[b, :bank_size] = ctx_w[b, order[:bank_size]]
+            if grown:
+                bank[b, :bank_size] = ctx_w[b, order[:bank_size]]
         sub_mask = torch.arange(P, device=dev) < torch.tensor(sizes, device=dev)[:, None]          # (G, P)
         bank_args = ()
-        if bank_sizes != sizes:
+        if grown:
             bank_mask = torch.arange(P_b, device=dev) < torch.tensor(bank_sizes, device=dev)[:, None]  # (G, P_b)
             bank_args = (bank, bank_mask, bank_sizes)
         return EncodedContext(frame, sub, self.net.encode_context(sub, sub_mask), mixture, sub_mask, sizes,
@@ -874,7 +882,7 @@ class DiScoFormer(ScoreEstimator):
         known = ids_dev < rows
         age = torch.full((B,), -1, dtype=torch.int64, device=dev)
         age[known] = state["age"].to(dev)[ids_dev[known]] if state else age[known]
-        warm = (age >= 0) & (age + 1 < self.refit_every)                      # (B,) cells refined by EM
+        warm = age >= 0                                                       # (B,) cells with a fit to refine
         new_age = torch.zeros(B, dtype=torch.int64, device=dev)
         gain_ref = torch.zeros(B, dtype=torch.float64, device=dev)
         mix_lw = torch.full((B, c.mixture_components), -math.inf, dtype=ftype, device=dev)
@@ -896,12 +904,16 @@ class DiScoFormer(ScoreEstimator):
             sid = ids_dev[w]
             mix, gain = refit_mixture(ctx_w[w], start, self.warm_iters, c.mixture_shrink, c.mixture_ridge, valid[w],
                                       unbiased=c.mixture_unbiased)
-            degraded = fit_degraded(gain, state["gain_ref"].to(dev)[sid], n_b[w], d)
-            keep = w[~degraded]
-            mix_lw[keep], mix_mean[keep], mix_chol[keep] = (t[~degraded] for t in mix)
+            due = (age[w] + 1 >= self.refit_every) | fit_degraded(gain, state["gain_ref"].to(dev)[sid], n_b[w], d)
+            keep, redo = w[~due], w[due]
+            mix_lw[keep], mix_mean[keep], mix_chol[keep] = (t[~due] for t in mix)
             gain_ref[keep] = state["gain_ref"].to(dev)[ids_dev[keep]]
             new_age[keep] = age[keep] + 1
-            search[w[degraded]] = True
+            if len(redo):
+                chosen, gain_ref[redo] = self._search_against(ctx_w[redo], Mixture(*(t[due] for t in mix)),
+                                                              gain[due], valid[redo])
+                mix_lw[redo], mix_mean[redo], mix_chol[redo] = chosen
+                new_age[redo] = 0
         s = torch.nonzero(search)[:, 0]
         if len(s):
             mix, gain = self._warm_search(ctx_w[s], valid[s])

@@ -541,11 +541,16 @@ def test_a_warm_search_does_not_replace_a_fit_that_matches_the_score_better(monk
         mix = type(mix)(mix.log_weight, mix.mean, torch.where(torch.isfinite(mix.log_weight)[..., None, None], mix.chol,
                                                               torch.eye(2, dtype=mix.chol.dtype)))
         return mix, refit_mixture(ctx_w, mix, 0, c.mixture_shrink, c.mixture_ridge, mask)[1]
+    cells = torch.stack([x, x.flip(0)])                                       # two cells, same law
+    state = {}
+    warm.evaluate_cells(cells, [len(x), len(x)], state=state)
     monkeypatch.setattr(ps.DiScoFormer, "_warm_search", one_gaussian)
     _, score = warm(x)                                                        # refit_every = 1: a search
     assert int(warm._fit["age"]) == 0                                         # it did search
     assert int(torch.isfinite(warm._fit["log_weight"]).sum()) == 2            # and kept the warm fit
     assert ps.relative_score_mse(score, truth) < 0.05
+    warm.evaluate_cells(cells, [len(x), len(x)], state=state)                 # the per-cell rule is the same
+    assert state["age"].tolist() == [0, 0] and torch.isfinite(state["log_weight"]).sum(-1).tolist() == [2, 2]
 
 
 @pytest.mark.parametrize("holdout", [0, 64])
