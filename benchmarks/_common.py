@@ -6,6 +6,7 @@ they use comes from the installed ``particlescore`` package.
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ TTA_HOLDOUT = 128
 
 LABELS = {
     "discoformer-0": "DiScoFormer (0 TTA)",
+    "discoformer-warm": "DiScoFormer (0 TTA, warm)",
     "discoformer-tta": f"DiScoFormer ({TTA_STEPS} TTA, warm)",
     "discoformer-tta-holdout": f"DiScoFormer ({TTA_STEPS} TTA, warm, held-out check)",
     "discoformer-proj": "DiScoFormer (warm, moment projection)",
@@ -67,11 +69,11 @@ def make_estimator(key: str, dim: int, problem, seed: int, *, network: str = "au
     SBTM gets the exact initial score of ``problem`` (``problem.initial_distribution().score``,
     i.e. ``−Σ0⁻¹v`` for the Gaussian start); Exact wraps ``problem.exact_distribution``.
     """
-    if key in ("discoformer-0", "discoformer-tta", "discoformer-tta-holdout"):
-        steps = 0 if key == "discoformer-0" else TTA_STEPS
+    if key in ("discoformer-0", "discoformer-warm", "discoformer-tta", "discoformer-tta-holdout"):
+        steps = 0 if key in ("discoformer-0", "discoformer-warm") else TTA_STEPS
         holdout = TTA_HOLDOUT if key == "discoformer-tta-holdout" else 0
         try:
-            return discoformer_for(dim, network, weights_dir, adapt_steps=steps, warm_start=steps > 0,
+            return discoformer_for(dim, network, weights_dir, adapt_steps=steps, warm_start=key != "discoformer-0",
                                    adapt_holdout=holdout), None
         except ValueError as err:
             return None, f"skipped: {err}"
@@ -147,9 +149,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def write_csv(path, rows, keys):
-    """One line per row (shared with ``bkw.py``): the ``keys`` columns, in that order."""
-    lines = [",".join(keys)] + [",".join(str(r[k]) for k in keys) for r in rows]
-    path.write_text("\n".join(lines) + "\n")
+    """One line per row (shared with ``bkw.py``): the ``keys`` columns, in that order, quoted by
+    the csv module where needed (estimator labels such as "DiScoFormer (2 TTA, warm)" hold commas)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(keys)
+        writer.writerows([r[k] for k in keys] for r in rows)
 
 
 def sklearn_bic_mixture(x: np.ndarray, max_k: int):

@@ -1,7 +1,7 @@
 """BKW exact solution of the Maxwell-molecule Landau equation: score error over time per estimator.
 
     python benchmarks/bkw.py [--dims 2 3] [--n 500] [--dt 0.01] [--duration 5] [--seed 0]
-        [--estimators discoformer-0 discoformer-tta kde blob sbtm exact]
+        [--estimators discoformer-0 discoformer-warm discoformer-tta discoformer-tta-holdout kde blob sbtm exact]
         [--out-dir benchmarks/results]
 
 Problem (docs/equations.md, BKW solution): ``BKWProblem(d)`` with ``B = 1/24``, started at
@@ -11,8 +11,9 @@ solver records the relative score error ``Σ_i‖ŝ_i − s(t, v_i)‖² / Σ_i�
 particles at each saved time (``score_error``). All estimators start from the same particles
 (same ``--seed``).
 
-Estimators: DiScoFormer with 0 and with 4 warm-started adaptation steps (skipped with a
-printed note when no weights are shipped for a dimension), Scott KDE, the blob method, SBTM
+Estimators: DiScoFormer cold without adaptation, warm-started without adaptation
+(``discoformer-warm``), and warm-started with 2 adaptation steps per call, plain or with the
+held-out check (skipped with a printed note when no weights are shipped for a dimension), Scott KDE, the blob method, SBTM
 fitted first to the exact score at ``t0``, and Exact (the exact score itself: a sanity row whose
 error must be 0).
 
