@@ -11,8 +11,11 @@ shares of particles with ``|v|`` in each radius bin (the shares add up to the to
 
 * DiScoFormer with the default ``bank_growth = 0.2`` and with the kernel bank on all n points
   (``bank_growth = 1``);
+* DiScoFormer with its mixture allowed 24 components instead of 10, and with 8 test-time
+  adaptation steps on 1024 points, kept by a 1024-point held-out check;
 * each of DiScoFormer's own candidates (kernel bank and mixture, default context);
-* Scott KDE on all n points.
+* Scott KDE on all n points, and scikit-learn's ``GaussianMixture`` (full covariances, K ≤ 20
+  by BIC; ``--no-sklearn`` skips it).
 
 Draws use ``torch.Generator().manual_seed(77 + draw)``.
 """
@@ -27,6 +30,7 @@ import particlescore as ps
 from particlescore.problems import BKWProblem
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import gmm_score, sklearn_bic_mixture  # noqa: E402
 from ablation import candidate_names, discoformer_and_candidates  # noqa: E402
 
 BINS = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, float("inf"))
@@ -45,6 +49,7 @@ def main(argv=None):
     parser.add_argument("--n", type=int, default=25600)
     parser.add_argument("--after", type=float, default=0.1, help="time after t0 of the exact samples")
     parser.add_argument("--draws", type=int, default=2)
+    parser.add_argument("--no-sklearn", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -66,9 +71,27 @@ def main(argv=None):
             score = est(x)[1]
             rows.append((f"DiScoFormer, bank_growth = {growth:g}", shares(score, truth, radius),
                          time.perf_counter() - start))
+        est = ps.DiScoFormer.pretrained(dim=2)
+        est.net.config.mixture_components = 24
+        start = time.perf_counter()
+        score = est(x)[1]
+        rows.append(("DiScoFormer, up to 24 mixture components", shares(score, truth, radius),
+                     time.perf_counter() - start))
+        est = ps.DiScoFormer.pretrained(dim=2, adapt_steps=8, adapt_holdout=1024)
+        est.adapt_points = 1024
+        start = time.perf_counter()
+        score = est(x)[1]
+        rows.append(("DiScoFormer, 8 adaptation steps, held-out check", shares(score, truth, radius),
+                     time.perf_counter() - start))
         start = time.perf_counter()
         kde = ps.KDE("scott")(x)[1]
         rows.append(("Scott KDE", shares(kde, truth, radius), time.perf_counter() - start))
+        if not args.no_sklearn:
+            start = time.perf_counter()
+            best, _ = sklearn_bic_mixture(x.numpy(), 20)
+            score = torch.from_numpy(gmm_score(best, x.numpy()))
+            rows.append((f"sklearn GMM (BIC: K = {best.n_components})", shares(score, truth, radius),
+                         time.perf_counter() - start))
         est = ps.DiScoFormer.pretrained(dim=2)
         _, cands = discoformer_and_candidates(est, x, x)
         for name, cand in zip(candidate_names(est.net.config), cands):
