@@ -1,7 +1,8 @@
 """One benchmark metric over several seeds: per-seed values, mean ± standard error, and paired
 differences against a reference row (the same particles in every row of one seed).
 
-    python benchmarks/seed_table.py DIR [DIR ...] [--metric score_err_avg_pct] [--reference discoformer-warm]
+    python benchmarks/seed_table.py DIR [DIR ...] [--metric score_err_avg_pct] [--reference discoformer-warm] [--dim D]
+        [--format .3f]
         [--out benchmarks/results/bkw_seeds.md]
 
 Each DIR is one seed: the ``bkw.csv`` (or ``landau_covariance.csv``) files found in it or below it
@@ -19,8 +20,9 @@ from pathlib import Path
 CSV_NAMES = ("bkw.csv", "landau_covariance.csv")
 
 
-def read_runs(directory: Path, metric: str) -> tuple[dict[str, float], dict[str, str]]:
-    """{key: metric} and {key: estimator label} from every known csv in or below ``directory``."""
+def read_runs(directory: Path, metric: str, dim: int | None = None) -> tuple[dict[str, float], dict[str, str]]:
+    """{key: metric} and {key: estimator label} from every known csv in or below ``directory``,
+    keeping the rows of dimension ``dim`` (None: every row, which must then share one d)."""
     paths = sorted(p for name in CSV_NAMES for p in directory.rglob(name))
     if not paths:
         raise FileNotFoundError(f"none of {CSV_NAMES} in or below {directory}")
@@ -30,6 +32,10 @@ def read_runs(directory: Path, metric: str) -> tuple[dict[str, float], dict[str,
             rows = list(csv.DictReader(f))
         if rows and metric not in rows[0]:
             raise ValueError(f"{path} has no column {metric!r}; columns: {sorted(rows[0])}")
+        if dim is not None:
+            rows = [r for r in rows if int(r["d"]) == dim]
+        elif len({r["d"] for r in rows}) > 1:
+            raise ValueError(f"{path} holds several dimensions {sorted({r['d'] for r in rows})}: pass --dim")
         for r in rows:
             if r["key"] in values:
                 raise ValueError(f"{directory}: estimator {r['key']!r} appears in more than one csv")
@@ -37,16 +43,17 @@ def read_runs(directory: Path, metric: str) -> tuple[dict[str, float], dict[str,
     return values, labels
 
 
-def mean_se(values: list[float]) -> str:
+def mean_se(values: list[float], spec: str = ".3f") -> str:
     mu = sum(values) / len(values)
     if len(values) < 2:
-        return f"{mu:.3f}"
+        return format(mu, spec)
     var = sum((v - mu) ** 2 for v in values) / (len(values) - 1)
-    return f"{mu:.3f} ± {math.sqrt(var / len(values)):.3f}"
+    return f"{format(mu, spec)} ± {format(math.sqrt(var / len(values)), spec)}"
 
 
-def table(directories: list[Path], metric: str, reference: str | None) -> str:
-    runs = [read_runs(d, metric) for d in directories]
+def table(directories: list[Path], metric: str, reference: str | None, dim: int | None = None,
+          spec: str = ".3f") -> str:
+    runs = [read_runs(d, metric, dim) for d in directories]
     labels: dict[str, str] = {}
     for _, names in runs:
         labels.update(names)
@@ -55,12 +62,12 @@ def table(directories: list[Path], metric: str, reference: str | None) -> str:
         header += f" paired − {reference} |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for key, label in labels.items():
-        cells = [f"{values[key]:.3f}" if key in values else "—" for values, _ in runs]
+        cells = [format(values[key], spec) if key in values else "—" for values, _ in runs]
         present = [values[key] for values, _ in runs if key in values]
-        line = f"| {label} | " + " | ".join(cells) + f" | {mean_se(present)} |"
+        line = f"| {label} | " + " | ".join(cells) + f" | {mean_se(present, spec)} |"
         if reference:
             pairs = [values[key] - values[reference] for values, _ in runs if key in values and reference in values]
-            line += f" {mean_se(pairs)} |" if pairs else " — |"
+            line += f" {mean_se(pairs, spec)} |" if pairs else " — |"
         lines.append(line)
     return "\n".join(lines) + "\n"
 
@@ -70,9 +77,11 @@ def main(argv=None) -> int:
     parser.add_argument("dirs", type=Path, nargs="+")
     parser.add_argument("--metric", default="score_err_avg_pct")
     parser.add_argument("--reference", default=None, help="key of the row the paired differences are taken against")
+    parser.add_argument("--dim", type=int, default=None, help="keep the rows of this d (csv files with several)")
+    parser.add_argument("--format", default=".3f", help="format spec of the numbers (e.g. .3e)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    text = table(args.dirs, args.metric, args.reference)
+    text = table(args.dirs, args.metric, args.reference, args.dim, args.format)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,9 +13,9 @@ from seed_table import read_runs, table  # noqa: E402
 KEYS = ["d", "key", "estimator", "score_err_avg_pct"]
 
 
-def _write(directory: Path, values: dict[str, float]) -> None:
-    directory.mkdir(parents=True)
-    rows = [{"d": 2, "key": key, "estimator": f"DiScoFormer ({key}, warm)", "score_err_avg_pct": v}
+def _write(directory: Path, values: dict[str, float], dim: int = 2) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = [{"d": dim, "key": key, "estimator": f"DiScoFormer ({key}, warm)", "score_err_avg_pct": v}
             for key, v in values.items()]
     write_csv(directory / "bkw.csv", rows, KEYS)
 
@@ -46,3 +46,11 @@ def test_seed_table_refuses_duplicates_and_unknown_metric(tmp_path):
         read_runs(tmp_path / "s0" / "a", "nope")
     with pytest.raises(FileNotFoundError):
         read_runs(tmp_path / "empty", "score_err_avg_pct")
+
+
+def test_seed_table_keeps_one_dimension(tmp_path):
+    write_csv(tmp_path / "bkw.csv", [{"d": d, "key": "ref", "estimator": "ref", "score_err_avg_pct": v}
+                                     for d, v in ((2, 1.0), (3, 2.0))], KEYS)
+    with pytest.raises(ValueError, match="several dimensions"):
+        read_runs(tmp_path, "score_err_avg_pct")
+    assert read_runs(tmp_path, "score_err_avg_pct", dim=3)[0] == {"ref": 2.0}
