@@ -30,7 +30,7 @@ import particlescore as ps
 from particlescore.problems import BKWProblem
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import gmm_score, sklearn_bic_mixture  # noqa: E402
+from _common import gmm_score, sklearn_bic_mixture, write_report  # noqa: E402
 from ablation import candidate_names, discoformer_and_candidates  # noqa: E402
 
 BINS = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, float("inf"))
@@ -103,11 +103,7 @@ def main(argv=None):
             lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in values) + " | "
                          + ("" if wall is None else f"{wall:.1f}") + " |")
         lines.append("")
-        print("\n".join(lines[-len(rows) - 5:]), flush=True)
-    text = "\n".join(lines)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    write_report(lines, args.out)
     return 0
 
 

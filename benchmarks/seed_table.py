@@ -17,6 +17,8 @@ import csv
 import math
 from pathlib import Path
 
+from _common import write_report
+
 CSV_NAMES = ("bkw.csv", "landau_covariance.csv")
 
 
@@ -81,11 +83,7 @@ def main(argv=None) -> int:
     parser.add_argument("--format", default=".3f", help="format spec of the numbers (e.g. .3e)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    text = table(args.dirs, args.metric, args.reference, args.dim, args.format)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    write_report([table(args.dirs, args.metric, args.reference, args.dim, args.format).rstrip("\n")], args.out)
     return 0
 
 
