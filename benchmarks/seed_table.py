@@ -1,14 +1,13 @@
 """One benchmark metric over several seeds: per-seed values, mean ± standard error, and paired
 differences against a reference row (the same particles in every row of one seed).
 
-    python benchmarks/seed_table.py DIR [DIR ...] [--metric score_err_avg_pct] [--reference discoformer-warm] [--dim D]
-        [--format .3f]
-        [--out benchmarks/results/bkw_seeds.md]
+    python benchmarks/seed_table.py DIR [DIR ...] [--metric score_err_avg_pct] [--reference KEY]
+        [--dim D] [--format .3f] [--out TABLE.md]
 
 Each DIR is one seed: the ``bkw.csv`` (or ``landau_covariance.csv``) files found in it or below it
 (``benchmarks/bkw.py`` / ``benchmarks/landau_covariance.py`` runs with that ``--seed``, possibly
-several with different ``--estimators``) are merged; rows are matched by their ``key`` column. A key missing from some seed is shown with the seeds it has and left out of the
-paired column.
+several with different ``--estimators``) are merged; rows are matched by their ``key`` column. A
+key missing from some seed is shown with the seeds it has and left out of the paired column.
 """
 from __future__ import annotations
 
