@@ -130,6 +130,12 @@ def best_time(fn, repeats: int = 3, budget: float = 2.0) -> float:
     return min(times)
 
 
+def mean_se(values) -> tuple[float, float]:
+    """Mean and its standard error (sample standard deviation / √count; 0 for one value)."""
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), (float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else 0.0)
+
+
 def fmt(value, spec=".3e") -> str:
     return "—" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
 

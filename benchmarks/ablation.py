@@ -33,7 +33,6 @@ over the same draws has mean ≤ its standard error. Table averages over d = 2, 
 shapes): ratio of the averaged errors, and the mean of the per-cell ratios.
 """
 import argparse
-import math
 import os
 import platform
 import shlex
@@ -47,7 +46,7 @@ import numpy as np
 import torch
 
 import particlescore as ps
-from _common import discoformer_for, gmm_score, sklearn_bic_mixture, write_report
+from _common import discoformer_for, gmm_score, mean_se, sklearn_bic_mixture, write_report
 from particlescore.discoformer import available_dims
 from particlescore.distributions import Distribution, Laplace, StudentT
 from particlescore.training.evaluate import evaluation_problem
@@ -155,10 +154,6 @@ def run_cell(est, shape: str, d: int, n: int, m: int, draws: int, max_k: int):
     errs["best candidate"] = cand_errs[best]
     errs["mixture candidate"] = cand_errs[names.index("mixture")]
     return {"errs": errs, "best_name": names[best], "bic_k": ks, "unconverged": unconverged}
-
-
-def mean_se(a: np.ndarray) -> tuple[float, float]:
-    return float(a.mean()), float(a.std(ddof=1) / math.sqrt(len(a)))
 
 
 def fmt(a: np.ndarray) -> str:

@@ -13,9 +13,9 @@ particles at each saved time (``score_error``). All estimators start from the sa
 
 Estimators: DiScoFormer cold without adaptation, warm-started without adaptation
 (``discoformer-warm``), and warm-started with 2 adaptation steps per call, plain or with the
-held-out check (skipped with a printed note when no weights are shipped for a dimension), Scott KDE, the blob method, SBTM
-fitted first to the exact score at ``t0``, and Exact (the exact score itself: a sanity row whose
-error must be 0).
+held-out check (skipped with a printed note when no weights are shipped for a dimension); Scott
+KDE, the blob method, SBTM fitted first to the exact score at ``t0``, and Exact (the exact score
+itself: a sanity row whose error must be 0).
 
 Reported per (d, estimator): time-averaged (trapezoid over the saved times) and final relative
 score error in %, the error at ``t0``, the max covariance error against the exact covariance

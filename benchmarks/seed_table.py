@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 from pathlib import Path
 
-from _common import write_report
+from _common import mean_se, write_report
 
 CSV_NAMES = ("bkw.csv", "landau_covariance.csv")
 
@@ -44,12 +43,10 @@ def read_runs(directory: Path, metric: str, dim: int | None = None) -> tuple[dic
     return values, labels
 
 
-def mean_se(values: list[float], spec: str = ".3f") -> str:
-    mu = sum(values) / len(values)
-    if len(values) < 2:
-        return format(mu, spec)
-    var = sum((v - mu) ** 2 for v in values) / (len(values) - 1)
-    return f"{format(mu, spec)} ± {format(math.sqrt(var / len(values)), spec)}"
+def mean_pm_se(values: list[float], spec: str = ".3f") -> str:
+    """``mean ± s.e.`` (the mean alone for one value)."""
+    mu, se = mean_se(values)
+    return format(mu, spec) if len(values) < 2 else f"{format(mu, spec)} ± {format(se, spec)}"
 
 
 def table(directories: list[Path], metric: str, reference: str | None, dim: int | None = None,
@@ -65,10 +62,10 @@ def table(directories: list[Path], metric: str, reference: str | None, dim: int 
     for key, label in labels.items():
         cells = [format(values[key], spec) if key in values else "—" for values, _ in runs]
         present = [values[key] for values, _ in runs if key in values]
-        line = f"| {label} | " + " | ".join(cells) + f" | {mean_se(present, spec)} |"
+        line = f"| {label} | " + " | ".join(cells) + f" | {mean_pm_se(present, spec)} |"
         if reference:
             pairs = [values[key] - values[reference] for values, _ in runs if key in values and reference in values]
-            line += f" {mean_se(pairs, spec)} |" if pairs else " — |"
+            line += f" {mean_pm_se(pairs, spec)} |" if pairs else " — |"
         lines.append(line)
     return "\n".join(lines) + "\n"
 
