@@ -56,10 +56,14 @@ def base_config(n: int, B: float | None, estimator: str = "kde", every: int = 2,
     data = {"n_particles": n, "n_cells": 64, "dim": 2, "wavenumber": 0.5, "perturbation_amplitude": 0.01,
             "dt": 0.1, "t_end": t_end, "particle_save_every": 100000}
     if B is not None:
-        # "discoformer-warm": DiScoFormer with warm-started per-cell mixtures ([pic.collisions] warm_start)
-        data["collisions"] = {"estimator": estimator.replace("-warm", ""), "B": B, "every": every}
-        if estimator.endswith("-warm"):
+        # "discoformer-warm": DiScoFormer with warm-started per-cell mixtures ([pic.collisions] warm_start);
+        # a "+proj" suffix: [pic.collisions] moment_projection (scores corrected per cell)
+        name, projected = (estimator[:-len("+proj")], True) if estimator.endswith("+proj") else (estimator, False)
+        data["collisions"] = {"estimator": name.replace("-warm", ""), "B": B, "every": every}
+        if name.endswith("-warm"):
             data["collisions"]["warm_start"] = True
+        if projected:
+            data["collisions"]["moment_projection"] = True
     return pic.config_from_dict(data)
 
 
@@ -98,7 +102,7 @@ def part_table(args) -> None:
         rows.append(one_run(f"{est} collisions", base_config(args.n, args.B, est), args.threads))
     for row in rows:
         row["gamma/gamma_theory"] = row["gamma"] / root.imag
-    write("pic_collisions_table.md",
+    write(args.table_name,
           f"# Collisional Landau damping, k = 0.5, α = 0.01, {args.n} particles, 64 cells, dt = 0.1, "
           f"collisions every 2 steps (B = {args.B}, Maxwell molecules)",
           rows, ["run", "B", "gamma", "gamma/gamma_theory", "omega", "energy_drift", "s_per_step"],
@@ -291,6 +295,7 @@ def main(argv=None) -> int:
     parser.add_argument("--scale-n", type=int, default=100000)
     parser.add_argument("--scale-steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--table-name", default="pic_collisions_table.md", help="file name of --part table's output")
     parser.add_argument("--scale-threads", type=int, nargs="+", default=[1, 2],
                         help="thread counts of the warm rows of --part scale")
     args = parser.parse_args(argv)

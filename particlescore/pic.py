@@ -107,7 +107,9 @@ class CollisionConfig:
     ``random_batch`` (0 = all pairs of a cell), ``integrator`` ("euler"|"heun"), applied every
     ``every`` field steps with step ``every·dt``; ``bandwidth`` for KDE ("scott" or a float);
     ``warm_start`` (DiScoFormer only): carry each cell's mixture fit from one collision step to
-    the next (:class:`~particlescore.collisions.LandauCollisions`)."""
+    the next (:class:`~particlescore.collisions.LandauCollisions`); ``moment_projection``: correct
+    each cell's scores so that they obey Stein's identity on the cell's particles (any estimator;
+    docs/moment_projection.md)."""
     estimator: str = "discoformer"
     gamma: float = 0.0
     B: float = 1.0 / 24.0
@@ -116,6 +118,7 @@ class CollisionConfig:
     every: int = 1
     bandwidth: str | float = "scott"
     warm_start: bool = False
+    moment_projection: bool = False
 
 
 @dataclass(frozen=True)
@@ -199,10 +202,13 @@ def config_from_dict(data: dict) -> PICConfig:
         if warm and est != "discoformer":
             raise ValueError(f"pic.collisions.warm_start needs estimator = 'discoformer' (per-cell mixture fits), "
                              f"got {est!r}")
+        projection = coll.get("moment_projection", False)
+        if not isinstance(projection, bool):
+            raise ValueError(f"pic.collisions.moment_projection must be true or false, got {projection!r}")
         collisions = CollisionConfig(est, _num(coll, "gamma", 0.0, where="pic.collisions"),
                                      _num(coll, "B", 1.0 / 24.0, nonneg=True, where="pic.collisions"), rb,
                                      integrator, _int(coll, "every", 1, 1, "pic.collisions"),
-                                     bandwidth if isinstance(bandwidth, str) else float(bandwidth), warm)
+                                     bandwidth if isinstance(bandwidth, str) else float(bandwidth), warm, projection)
     cfg = PICConfig(
         n_particles=_int(data, "n_particles", 20000, 2, w), n_cells=_int(data, "n_cells", 64, 4, w), dim=dim,
         wavenumber=_num(data, "wavenumber", 0.5, positive=True, where=w), modes=_int(data, "modes", 1, 1, w),
@@ -246,7 +252,8 @@ def make_collisions(cfg: CollisionConfig, dim: int, seed: int) -> LandauCollisio
     else:
         est = Blob()
     return LandauCollisions(est, gamma=cfg.gamma, B=cfg.B, random_batch=cfg.random_batch or None,
-                            integrator=cfg.integrator, seed=seed, warm_start=cfg.warm_start)
+                            integrator=cfg.integrator, seed=seed, warm_start=cfg.warm_start,
+                            moment_projection=cfg.moment_projection)
 
 
 # --------------------------------------------------------------------------- physics

@@ -242,6 +242,9 @@ def test_bad_configurations_are_rejected():
     with pytest.raises(ValueError, match="warm_start must be true or false"):
         pic.config_from_dict({"collisions": {"warm_start": "yes"}})
     assert pic.config_from_dict({"collisions": {"warm_start": True}}).collisions.warm_start
+    with pytest.raises(ValueError, match="moment_projection must be true or false"):
+        pic.config_from_dict({"collisions": {"moment_projection": 1}})
+    assert pic.config_from_dict({"collisions": {"estimator": "kde", "moment_projection": True}}).collisions.moment_projection
     with pytest.raises(ValueError, match="multiple of 4"):
         pic.config_from_dict({"n_particles": 1002, "initial": {"kind": "two_stream"}})
     with pytest.raises(ValueError, match=r"\|α\| < 1"):
