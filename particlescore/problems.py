@@ -117,10 +117,11 @@ def anisotropic_initial_covariance(dim: int) -> torch.Tensor:
     return torch.diag(diag)
 
 
-def _anisotropic_initial(dim: int, initial: str) -> distributions.Distribution:
+def _anisotropic_initial_components(dim: int, initial: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Weights (K,), means (K, d) and covariances (K, d, d) of the initial law (K = 1: the Gaussian)."""
     cov = anisotropic_initial_covariance(dim)
     if initial == "gaussian":
-        return Gaussian(torch.zeros(dim, dtype=_F64), cov)
+        return torch.ones(1, dtype=_F64), torch.zeros(1, dim, dtype=_F64), cov[None]
     # Symmetric two-Gaussian mixture ½N(−μ, C) + ½N(μ, C) with μ = (c, 0, …) and the same
     # total covariance C + μμᵀ = Σ0: take C11 = 0.2·Σ0_11 = 0.36, so c = sqrt(0.8·1.8) = 1.2.
     c11 = 0.2 * float(cov[0, 0])
@@ -129,7 +130,14 @@ def _anisotropic_initial(dim: int, initial: str) -> distributions.Distribution:
     comp[0, 0] = c11
     means = torch.zeros(2, dim, dtype=_F64)
     means[0, 0], means[1, 0] = -shift, shift
-    return GaussianMixture(torch.tensor([0.5, 0.5], dtype=_F64), means, torch.stack([comp, comp]))
+    return torch.tensor([0.5, 0.5], dtype=_F64), means, torch.stack([comp, comp])
+
+
+def _anisotropic_initial(dim: int, initial: str) -> distributions.Distribution:
+    weights, means, covs = _anisotropic_initial_components(dim, initial)
+    if initial == "gaussian":
+        return Gaussian(means[0], covs[0])
+    return GaussianMixture(weights, means, covs)
 
 
 class AnisotropicMaxwell(Problem):
@@ -172,6 +180,32 @@ class AnisotropicMaxwell(Problem):
         rate = 4.0 * self.dim * self.B
         decay = math.exp(-rate * (float(t) - self.t0))
         return self.equilibrium_covariance - (self.equilibrium_covariance - self.initial_covariance) * decay
+
+    def exact_fourth_moment(self, t) -> float:
+        """``E|v|⁴`` at time ``t``. For γ = 0 the weak form with ``φ = |v|⁴`` closes too,
+        ``dM4/dt = −4B(d−1)·M4 + 4B(d+1)(tr Σ)² − 8B·tr(Σ²)`` (derived in docs/equations.md), and with
+        Σ(t) above (``tr Σ(t)² = dT² + D·e^{−8dBt}``) it solves to
+
+            M4(t) = d(d+2)T² + (M4(0) − d(d+2)T² − a)·e^{−4B(d−1)t} + a·e^{−8dBt},   a = 2D/(d+1),
+
+        ``T = tr Σ0/d``, ``D = tr((Σ0 − Σ∞)²)``. A Gaussian with covariance Σ(t) has
+        ``d(d+2)T² + 2D·e^{−8dBt}``: starting from a Gaussian, the solution's fourth moment exceeds it
+        by ``(2dD/(d+1))(e^{−4B(d−1)t} − e^{−8dBt}) > 0`` — the law does not stay Gaussian."""
+        d, B, t = self.dim, self.B, float(t) - self.t0
+        T = float(torch.trace(self.initial_covariance)) / d
+        D = float(((self.initial_covariance - self.equilibrium_covariance) ** 2).sum())
+        a = 2.0 * D / (d + 1)
+        m_inf = d * (d + 2) * T * T
+        return m_inf + (self._initial_fourth_moment() - m_inf - a) * math.exp(-4 * B * (d - 1) * t) \
+            + a * math.exp(-8 * d * B * t)
+
+    def _initial_fourth_moment(self) -> float:
+        """``E|v|⁴`` of the initial law: for ``N(μ, C)``, ``(tr C + |μ|²)² + 2 tr C² + 4μᵀCμ``
+        (Isserlis), averaged over the mixture's components."""
+        total = 0.0
+        for w, mu, c in zip(*_anisotropic_initial_components(self.dim, self.initial)):
+            total += float(w) * float((torch.trace(c) + mu @ mu) ** 2 + 2 * torch.trace(c @ c) + 4 * mu @ c @ mu)
+        return total
 
     def relaxation_time(self):
         """``1/(4dB)``: the decay rate of ``Σ(t) − Σ∞``."""
