@@ -32,6 +32,7 @@ LABELS = {
     "discoformer-tta-holdout": f"DiScoFormer ({TTA_STEPS} TTA, warm, held-out check)",
     "discoformer-proj": "DiScoFormer (warm, moment projection)",
     "kde": "Scott KDE",
+    "elliptical_kde": "Elliptical KDE",
     "blob": "Blob",
     "sbtm": "SBTM",
     "exact": "Exact",
@@ -84,6 +85,8 @@ def make_estimator(key: str, dim: int, problem, seed: int, *, network: str = "au
             return None, f"skipped: {err}"
     if key == "kde":
         return ps.KDE("scott"), None
+    if key == "elliptical_kde":
+        return ps.EllipticalKDE(), None
     if key == "blob":
         return ps.Blob(), None
     if key == "sbtm":

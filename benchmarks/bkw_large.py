@@ -9,7 +9,8 @@ with B = 1/16 are 0.075 here), n exact samples of f(t0) (seed), Euler steps of `
 Maxwell-molecule Landau right-hand side. Per method: the relative score MSE at the particles
 against the exact score at every saved time, and the wall time per step (the first step, with
 DiScoFormer's cold split/BIC search, reported apart). DiScoFormer runs as the solver runs it
-(``warm_start=True``, default bounded context). One thread, one process per method run in turn.
+(``warm_start=True``, default bounded context); ``elliptical_kde`` is ``ps.EllipticalKDE()`` (BKW is
+isotropic, so an elliptical estimate fits it exactly in form). One thread, one process per method run in turn.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ BAR_DELAY = 0.05 * (1 / 16) / (1 / 24)    # 0.05 time units at B = 1/16, in unit
 
 def run(method: str, n: int, dt: float, steps: int, save_every: int, seed: int):
     problem = BKWProblem(2)
-    est = ps.DiScoFormer.pretrained(dim=2, warm_start=True) if method == "discoformer" else ps.KDE("scott")
+    est = {"discoformer": lambda: ps.DiScoFormer.pretrained(dim=2, warm_start=True), "kde": lambda: ps.KDE("scott"),
+           "elliptical_kde": lambda: ps.EllipticalKDE()}[method]()
     x = problem.initial_state(n, generator=torch.Generator().manual_seed(seed))
     problem.physics(problem.t0, x[:16], torch.zeros(16, 2, dtype=x.dtype))   # numba compilation
     t, times, errors, walls = problem.t0, [], [], []
@@ -54,14 +56,15 @@ def main(argv=None):
     parser.add_argument("--duration", type=float, default=1.0)
     parser.add_argument("--save-every", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--methods", nargs="+", choices=("discoformer", "kde"), default=["discoformer", "kde"])
+    parser.add_argument("--methods", nargs="+", choices=("discoformer", "kde", "elliptical_kde"),
+                        default=["discoformer", "kde"])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "bkw_large.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     steps = round(args.duration / args.dt)
     lines = [f"# BKW d = 2, n = {args.n}, Euler, dt = {args.dt}, t0 … t0 + {args.duration}, seed {args.seed}", "",
              f"`OMP_NUM_THREADS=1 python benchmarks/bkw_large.py --n {args.n} --dt {args.dt} --duration "
-             f"{args.duration} --seed {args.seed}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+             f"{args.duration} --seed {args.seed} --methods {' '.join(args.methods)}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
              f"particlescore {ps.__version__}, torch {torch.__version__}; one thread, on 2 cores shared "
              "with at most one other job).", "",
              f"Bar (issue 8): ≤ 2 s per step; score error ≤ 1.5 % at every saved time from t0 + {BAR_DELAY:.3f} "

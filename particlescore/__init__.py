@@ -1,6 +1,6 @@
 """particlescore: score-based particle simulations of kinetic equations.
 
-Score estimators (DiScoFormer, KDE, Blob, Exact, SBTM), test problems with exact solutions
+Score estimators (DiScoFormer, KDE, EllipticalKDE, Blob, Exact, SBTM), test problems with exact solutions
 (docs/equations.md), the particle solver and its netCDF trajectory files.
 """
 from ._version import __version__
@@ -8,6 +8,7 @@ from . import runtime  # first: sets up the numba cache before any kernel is def
 from . import distributions, problems
 from .discoformer import DiScoFormer
 from .estimators import KDE, Blob, Exact, ScoreEstimator, oracle_bandwidth
+from .elliptical import EllipticalKDE
 from .metrics import log_density_mse, relative_score_mse
 from . import registry
 from .plotting import describe_trajectory, plot_trajectory
@@ -22,7 +23,7 @@ from . import collisions, pic  # cell-wise Landau collisions and the 1D-x PIC (i
 
 __all__ = [
     "__version__", "distributions", "problems", "runtime",
-    "ScoreEstimator", "DiScoFormer", "KDE", "Blob", "Exact", "SBTM", "oracle_bandwidth",
+    "ScoreEstimator", "DiScoFormer", "KDE", "EllipticalKDE", "Blob", "Exact", "SBTM", "oracle_bandwidth",
     "relative_score_mse", "log_density_mse",
     "Landau", "FokkerPlanck",
     "Problem", "BKWProblem", "AnisotropicMaxwell", "CoulombRelaxation", "OrnsteinUhlenbeck", "PureDiffusion",
