@@ -16,7 +16,9 @@ sphere (``cosh x`` in d = 1, ``I_0(x)`` in d = 2, ``sinh(x)/x`` in d = 3). Its s
 
 ``ω_i`` the normalised terms of the sum, and ``∇_x log f = L⁻ᵀ∇_w log f̂``. Because only radii
 enter, the bandwidth follows one-dimensional rates, ``b = c·sd(r_i)·n^{-1/5}``, whatever d (a
-robust spread, min(sd, IQR/1.349), was worse on Student-t draws: 22 → 69 % in d = 3).
+robust spread, min(sd, IQR/1.349), was worse on Student-t ν = 3 draws: 22 → 69 % in d = 3, 2 draws
+of the ablation's cell). Queries far outside the particles extrapolate as a kernel estimate does
+(badly: benchmarks/results/elliptical_kde.md); in the solver the queries are the particles.
 Everything depends on the data through ``μ``, ``Σ`` and the Mahalanobis radii, so the estimate is
 exactly affine equivariant. For a non-elliptical law it estimates the elliptical law with the same
 radial distribution (Laplace products, Gaussian mixtures: biased; DiScoFormer's candidates cover
