@@ -63,7 +63,7 @@ __all__ = ["PICConfig", "CollisionConfig", "InitialCondition", "PICResult", "run
            "config_from_dict", "dispersion_root", "deposit", "solve_field", "initial_state"]
 
 INITIAL_KINDS = ("maxwellian", "two_stream", "anisotropic")
-ESTIMATORS = ("discoformer", "kde", "blob")
+ESTIMATORS = ("discoformer", "kde", "blob", "elliptical_kde")
 
 
 # --------------------------------------------------------------------------- configuration
@@ -243,12 +243,15 @@ def _bool(table: dict, key: str, default: bool) -> bool:
 def make_collisions(cfg: CollisionConfig, dim: int, seed: int) -> LandauCollisions:
     """The :class:`LandauCollisions` operator of a :class:`CollisionConfig`."""
     from .discoformer import DiScoFormer
+    from .elliptical import EllipticalKDE
     from .estimators import KDE, Blob
 
     if cfg.estimator == "discoformer":
         est = DiScoFormer.pretrained(dim=dim)          # cells' warm fits live in the operator (warm_start)
     elif cfg.estimator == "kde":
         est = KDE(bandwidth=cfg.bandwidth)
+    elif cfg.estimator == "elliptical_kde":
+        est = EllipticalKDE()
     else:
         est = Blob()
     return LandauCollisions(est, gamma=cfg.gamma, B=cfg.B, random_batch=cfg.random_batch or None,

@@ -132,6 +132,24 @@ def test_collisional_relaxation_in_every_cell():
     assert 0 < total[-1] / total[0] - 1 < 0.01
 
 
+
+def test_every_collision_estimator_name_builds_its_operator():
+    """Each name of pic.ESTIMATORS builds a LandauCollisions with that estimator, and one collision
+    step of it conserves every cell's momentum (pair antisymmetry: round-off, 1e-12)."""
+    from particlescore.collisions import LandauCollisions
+    kinds = {"discoformer": ps.DiScoFormer, "kde": ps.KDE, "blob": ps.Blob, "elliptical_kde": ps.EllipticalKDE}
+    assert set(kinds) == set(pic.ESTIMATORS)
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(600, 2)) * [1.4, 0.6]
+    cell = np.repeat(np.arange(3), 200)
+    for name, kind in kinds.items():
+        cfg = pic.config_from_dict({"collisions": {"estimator": name, "B": 0.1}})
+        op = pic.make_collisions(cfg.collisions, 2, seed=0)
+        assert isinstance(op, LandauCollisions) and isinstance(op.estimator, kind)
+        out = op.step(v, cell, 0.1)
+        for c in range(3):
+            np.testing.assert_allclose(out[cell == c].sum(0), v[cell == c].sum(0), atol=1e-12)
+
 # --------------------------------------------------------------------------- files and resume
 def _small(**over):
     data = {"n_particles": 2000, "n_cells": 16, "dim": 2, "wavenumber": 0.5, "perturbation_amplitude": 0.05,
