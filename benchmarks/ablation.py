@@ -98,7 +98,7 @@ def draw(shape: str, d: int, n: int, m: int, i: int):
 
 def candidate_names(config) -> list[str]:
     names = [f"KDE c={c:g}" for c in config.kde_bandwidths] + [f"local-Gaussian c={c:g}" for c in config.local_bandwidths]
-    return names + (["mixture"] if config.mixture_components else [])
+    return names + (["mixture"] if config.mixture_components else []) + (["elliptical"] if config.elliptical_candidate else [])
 
 
 def discoformer_and_candidates(est, x: torch.Tensor, y: torch.Tensor):

@@ -631,4 +631,36 @@ def evaluate_candidates(config, ctx_w: torch.Tensor, mixture: Mixture | None, qr
         cand_s = torch.cat([cand_s, mix_s[..., None, :]], -2)                # (B, m, K, d)
         cand_l = torch.cat([cand_l, mix_l[..., None]], -1)                   # (B, m, K)
         desc = torch.cat([desc, mix_desc], -1)                               # (B, m, K·N_DESCRIPTORS)
+    if getattr(config, "elliptical_candidate", False):
+        ell_s, ell_l, ell_desc = elliptical_candidate(ctx_w, qry_w, counts, mask)  # (B,m,d), (B,m), (B,m,3)
+        cand_s = torch.cat([cand_s, ell_s[..., None, :]], -2)                # (B, m, K, d)
+        cand_l = torch.cat([cand_l, ell_l[..., None]], -1)                   # (B, m, K)
+        desc = torch.cat([desc, ell_desc], -1)                               # (B, m, K·N_DESCRIPTORS)
     return Candidates(cand_s, cand_l, desc)
+
+
+def elliptical_candidate(ctx_w: torch.Tensor, qry_w: torch.Tensor, counts: list[int] | None = None,
+                         mask: torch.Tensor | None = None):
+    """:class:`particlescore.elliptical.EllipticalKDE` of each (whitened) context at ``qry_w``
+    (B,m,d): score (B,m,d), log-density (B,m) and descriptors (B,m,3): the query's radius over the
+    context's largest, its standardised radius, and its log-density's deviation from a standard
+    Gaussian's (how far the radial profile is from Gaussian there)."""
+    from .elliptical import EllipticalKDE
+    B, m, d = qry_w.shape
+    est = EllipticalKDE()
+    score = torch.empty_like(qry_w)                                          # (B, m, d)
+    log_f = torch.empty(B, m, dtype=qry_w.dtype, device=qry_w.device)        # (B, m)
+    desc = torch.empty(B, m, N_DESCRIPTORS, dtype=qry_w.dtype, device=qry_w.device)
+    with torch.no_grad():
+        for b in range(B):
+            ctx = ctx_w[b] if mask is None else ctx_w[b][mask[b]]
+            if counts is not None and mask is None:
+                ctx = ctx[:counts[b]]
+            ctx64, q64 = ctx.double(), qry_w[b].double()
+            lf, sc = est._evaluate(ctx64, q64)                              # (m,), (m, d)
+            radius, r_q = ctx64.norm(dim=1), q64.norm(dim=1)                 # (n,), (m,)
+            gauss = -0.5 * r_q ** 2 - 0.5 * d * math.log(2 * math.pi)        # (m,) standard normal
+            score[b], log_f[b] = sc.to(qry_w.dtype), lf.to(qry_w.dtype)
+            desc[b] = torch.stack([r_q / radius.max(), (r_q - radius.mean()) / radius.std(),
+                                   (lf - gauss).clamp(-10, 10) / 10], -1).to(qry_w.dtype)
+    return score, log_f, desc

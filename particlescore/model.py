@@ -62,6 +62,7 @@ class DiScoFormerConfig:
     mixture_tied: bool = False                 # also fit mixtures with one shared covariance (BIC picks)
     mixture_unbiased: bool = False             # unbiased precisions N/(N − d − 2) (candidates.fit_mixture)
     mixture_loo_covariances: bool = False      # covariances re-estimated by leave-one-out shrinkage (candidates.loo_covariances)
+    elliptical_candidate: bool = False         # one more candidate, the elliptical KDE of the context (particlescore.elliptical), last
     max_dim: int = 0                           # dim = 0 only: the largest d it was trained and checked for
 
     def to_dict(self) -> dict:
@@ -81,8 +82,14 @@ class DiScoFormerConfig:
 
     @property
     def n_candidates(self) -> int:
-        """K: the kernel bank's bandwidths, plus one for the mixture."""
-        return len(self.kde_bandwidths) + len(self.local_bandwidths) + (1 if self.mixture_components else 0)
+        """K: the kernel bank's bandwidths, plus one for the mixture, plus one for the elliptical KDE."""
+        return (len(self.kde_bandwidths) + len(self.local_bandwidths) + (1 if self.mixture_components else 0)
+                + (1 if self.elliptical_candidate else 0))
+
+    @property
+    def mixture_index(self) -> int:
+        """Position of the mixture among the K candidates (after the kernel bank)."""
+        return len(self.kde_bandwidths) + len(self.local_bandwidths)
 
 
 # --------------------------------------------------------------------------- transformer

@@ -134,3 +134,30 @@ def test_reachable_from_toml_by_name():
     assert entry.factory is EllipticalKDE and isinstance(est, EllipticalKDE) and est.bandwidth_factor == 2.0
     with pytest.raises(TypeError, match="bandwidth_facter"):
         entry.options(bandwidth_facter=2.0)
+
+
+def test_elliptical_candidate_slot_starts_silent_and_handles_padding():
+    """``elliptical_candidate=True`` appends the elliptical KDE as the last candidate. A network
+    grown from trained weights by ``transplant`` with a very negative gate bias answers as before
+    (float32 network: 1e-5), the far-field rule still blends into the mixture, and the candidate
+    of a padded batch element equals that of the element alone."""
+    from particlescore.candidates import elliptical_candidate
+    from particlescore.discoformer import load_weights
+    from particlescore.model import DiScoFormerConfig, build_network
+    from particlescore.training.train import transplant
+    old, _ = load_weights(ps.discoformer.weights_path(3))
+    config = DiScoFormerConfig.from_dict({**old.config.to_dict(), "elliptical_candidate": True})
+    assert config.n_candidates == old.config.n_candidates + 1 and config.mixture_index == 10
+    new = build_network(config)
+    transplant(old, new, -30.0)
+    x = _anisotropic_gaussian(400, 3, seed=2)
+    y = torch.cat([x[:50], 4 * x[:20]])                                       # some far-field queries
+    for a, b in zip(ps.DiScoFormer(old)(x, y), ps.DiScoFormer(new)(x, y)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    ctx = torch.stack([x[:300], torch.cat([x[300:], torch.zeros(200, 3, dtype=F64)])]).float()
+    mask = torch.arange(300)[None] < torch.tensor([[300], [100]])
+    score, log_f, desc = elliptical_candidate(ctx, ctx[:, :30], mask=mask)
+    alone_s, alone_l, _ = elliptical_candidate(ctx[1:, :100], ctx[1:, :30])
+    torch.testing.assert_close(score[1:], alone_s)
+    torch.testing.assert_close(log_f[1:], alone_l)
+    assert desc.shape == (2, 30, 3) and torch.isfinite(desc).all()

@@ -79,7 +79,10 @@ def parse_args(argv=None):
                    help="re-estimate the mixture's covariances by leave-one-out shrinkage (candidates.loo_covariances)")
     p.add_argument("--init-from", type=Path, default=None,
                    help="start from these weights (same config without the mixture candidate)")
-    p.add_argument("--mixture-bias", type=float, default=12.0, help="initial gate of the mixture (--init-from)")
+    p.add_argument("--mixture-bias", type=float, default=12.0,
+                   help="initial gate of the added candidate (--init-from)")
+    p.add_argument("--add-elliptical", action="store_true",
+                   help="with --init-from: the network of those weights plus the elliptical KDE candidate")
     p.add_argument("--finetune-from", type=Path, default=None,
                    help="continue training these weights (their config; the size and mixture options are ignored)")
     p.add_argument("--families", nargs="+", default=["gmm:1"], metavar="NAME:WEIGHT",
@@ -119,9 +122,12 @@ def transplant(old: DiScoFormerNet, new: DiScoFormerNet, mixture_bias: float) ->
     matching tensors are copied, the new descriptor inputs start at zero, and the mixture's
     score and log-density gates start at ``mixture_bias`` (so it dominates at first)."""
     k_old, k_new = old.n_candidates, new.n_candidates
-    if (k_new != k_old + 1 or not new.config.mixture_components or old.config.mixture_components
+    adds_mixture = bool(new.config.mixture_components) and not old.config.mixture_components
+    adds_elliptical = new.config.elliptical_candidate and not old.config.elliptical_candidate
+    if (k_new != k_old + 1 or adds_mixture == adds_elliptical
             or old.config.dim != new.config.dim or old.config.width != new.config.width):
-        raise SystemExit("--init-from: the new config must equal the old one plus the mixture candidate")
+        raise SystemExit("--init-from: the new config must equal the old one plus the mixture candidate "
+                         "(or plus the elliptical candidate)")
     old_state, new_state = old.state_dict(), new.state_dict()
     for name, value in old_state.items():
         if name not in new_state:
@@ -135,7 +141,7 @@ def transplant(old: DiScoFormerNet, new: DiScoFormerNet, mixture_bias: float) ->
             for part in ("score_gates", "log_gates"):
                 new_rows, old_rows = getattr(new.layout, part), getattr(old.layout, part)
                 rows[new_rows.start:new_rows.start + k_old] = value[old_rows]  # the old candidates' gates
-                if name == "head.bias":  # the mixture is the last candidate
+                if name == "head.bias":  # the new candidate is the last one
                     rows[new_rows.start + k_old] = mixture_bias
             for part in ("score_residual", "log_residual"):
                 rows[getattr(new.layout, part)] = value[getattr(old.layout, part)]
@@ -186,6 +192,11 @@ def main(argv=None) -> int:
                                mixture_components=args.mixture_components, mixture_tied=args.mixture_tied,
                                mixture_unbiased=args.mixture_unbiased, mixture_loo_covariances=args.mixture_loo_covariances,
                                max_dim=0 if args.dim else args.max_dim)
+    if args.add_elliptical:
+        if args.init_from is None:
+            raise SystemExit("--add-elliptical needs --init-from (the weights it extends)")
+        config = DiScoFormerConfig.from_dict({**load_weights(args.init_from)[0].config.to_dict(),
+                                              "elliptical_candidate": True})
     if args.finetune_from is not None:
         start_net, start_meta = load_weights(args.finetune_from)
         if start_net.config.dim != args.dim:
