@@ -188,7 +188,7 @@ class WhitenedModel(nn.Module):
 
     @staticmethod
     def far_field(enc: EncodedContext, qry_w: torch.Tensor, cand, log_w: torch.Tensor, score_w: torch.Tensor,
-                  mixture_index: int = -1):
+                  mixture_index: int):
         """Beyond the context the network's outputs blend into the mixture candidate's:
         weight ``λ = clip((b·R − ‖w‖)/((b − a)·R), 0, 1)`` on the network, ``(a, b) = FAR_FIELD``,
         R the largest whitened norm of the context (``enc.radius``). Up to a·R nothing changes.
@@ -206,9 +206,8 @@ class WhitenedModel(nn.Module):
         inner, outer = FAR_FIELD
         radius = enc.radius.to(qry_w.dtype)[:, None]                         # (B, 1)
         lam = ((outer * radius - qry_w.norm(dim=-1)) / ((outer - inner) * radius)).clamp(0.0, 1.0)  # (B, m)
-        k = mixture_index                                                    # the mixture among the candidates
-        log_w = lam * log_w + (1 - lam) * cand.log_density[..., k]           # (B, m)
-        score_w = lam[..., None] * score_w + (1 - lam[..., None]) * cand.score[..., k, :]  # (B, m, d)
+        log_w = lam * log_w + (1 - lam) * cand.log_density[..., mixture_index]  # (B, m)
+        score_w = lam[..., None] * score_w + (1 - lam[..., None]) * cand.score[..., mixture_index, :]  # (B, m, d)
         return log_w, score_w
 
     def predict(self, enc: EncodedContext, queries: torch.Tensor, chunk: int | None = None):

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .distributions import _mixture_terms
+from .elliptical import EllipticalKDE
 
 __all__ = ["Candidates", "Mixture", "N_DESCRIPTORS", "kernel_bank", "kernel_bank_torch", "fit_mixture", "refit_mixture", "reframe_mixture",
            "mixture_candidate", "evaluate_candidates"]
@@ -631,7 +632,7 @@ def evaluate_candidates(config, ctx_w: torch.Tensor, mixture: Mixture | None, qr
         cand_s = torch.cat([cand_s, mix_s[..., None, :]], -2)                # (B, m, K, d)
         cand_l = torch.cat([cand_l, mix_l[..., None]], -1)                   # (B, m, K)
         desc = torch.cat([desc, mix_desc], -1)                               # (B, m, K·N_DESCRIPTORS)
-    if getattr(config, "elliptical_candidate", False):
+    if config.elliptical_candidate:
         ell_s, ell_l, ell_desc = elliptical_candidate(ctx_w, qry_w, counts, mask)  # (B,m,d), (B,m), (B,m,3)
         cand_s = torch.cat([cand_s, ell_s[..., None, :]], -2)                # (B, m, K, d)
         cand_l = torch.cat([cand_l, ell_l[..., None]], -1)                   # (B, m, K)
@@ -645,7 +646,6 @@ def elliptical_candidate(ctx_w: torch.Tensor, qry_w: torch.Tensor, counts: list[
     (B,m,d): score (B,m,d), log-density (B,m) and descriptors (B,m,3): the query's radius over the
     context's largest, its standardised radius, and its log-density's deviation from a standard
     Gaussian's (how far the radial profile is from Gaussian there)."""
-    from .elliptical import EllipticalKDE
     B, m, d = qry_w.shape
     est = EllipticalKDE()
     score = torch.empty_like(qry_w)                                          # (B, m, d)

@@ -37,7 +37,7 @@ import torch
 
 from . import registry
 from ._validation import check_min_particles
-from .estimators import ScoreEstimator
+from .estimators import ScoreEstimator, _sample_covariance
 
 __all__ = ["EllipticalKDE", "log_sphere_average"]
 
@@ -58,11 +58,11 @@ def log_sphere_average(x: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Ten
         log_a = torch.log1p(torch.exp(-2 * x)) - math.log(2.0)
         ratio = torch.tanh(xs) / xs
     elif d == 2:                                                             # A = I0, R = I1/I0
-        i0 = torch.special.i0e(x)
+        i0 = torch.special.i0e(xs)
         log_a = torch.log(i0)
-        ratio = torch.special.i1e(xs) / (torch.special.i0e(xs) * xs)
+        ratio = torch.special.i1e(xs) / (i0 * xs)
     elif d == 3:                                                             # A = sinh x / x, R = coth x − 1/x
-        log_a = torch.where(small, x * x / 6 - x, torch.log(-torch.expm1(-2 * xs) / (2 * xs)))
+        log_a = torch.log(-torch.expm1(-2 * xs) / (2 * xs))
         x2 = x * x                                                           # series below 0.05: no cancellation
         ratio = torch.where(x < 0.05, 1 / 3 - x2 / 45 + 2 * x2 * x2 / 945, (1 / torch.tanh(xs) - 1 / xs) / xs)
     else:
@@ -114,8 +114,7 @@ class EllipticalKDE(ScoreEstimator):
         check_min_particles(context, d + 2, f"to whiten by a full {d}x{d} sample covariance")
         mean = context.mean(0)                                               # (d,)
         centred = context - mean                                             # (n, d)
-        cov = centred.T @ centred / (n - 1)                                  # (d, d)
-        chol, info = torch.linalg.cholesky_ex(cov)
+        chol, info = torch.linalg.cholesky_ex(_sample_covariance(context))   # (d, d)
         if int(info) != 0:
             raise ValueError(f"the context's sample covariance is singular (particles lie on a subspace); "
                              f"an elliptical estimate needs full-rank data (context shape {tuple(context.shape)})")
