@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from .candidates import Candidates, Mixture, evaluate_candidates, fit_mixture, loo_covariances, uses_fused_bank
+from .candidates import Candidates, Mixture, elliptical_fits, evaluate_candidates, fit_mixture, loo_covariances, uses_fused_bank
 from .model import DiScoFormerNet
 
 __all__ = ["AffineFrame", "EncodedContext", "WhitenedModel"]
@@ -91,6 +91,7 @@ class EncodedContext(NamedTuple):
     bank_w: torch.Tensor | None = None  # (B, P_b, d) the kernel bank's points when not ctx_w (encode)
     bank_mask: torch.Tensor | None = None   # (B, P_b) and
     bank_counts: list | None = None         # per element, of a padded bank_w
+    ellipticals: list | None = None     # B RadialFits of the whole whitened context (elliptical candidate)
 
 
 def context_radius(ctx_w: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -150,6 +151,7 @@ class WhitenedModel(nn.Module):
         if mixture is None:
             mixture = self.fit_mixture(ctx_w, frame, mask, fitter)
         radius = context_radius(ctx_w, mask)                                 # (B,) of all n points
+        ellipticals = elliptical_fits(ctx_w, counts, mask) if c.elliptical_candidate else None
         bank_w = None
         if (subsample is not None or bank_subsample is not None) and mask is not None:
             raise ValueError("subsample and counts cannot be combined")
@@ -158,7 +160,7 @@ class WhitenedModel(nn.Module):
         if subsample is not None:
             ctx_w = ctx_w[:, subsample]                                      # (B, P, d)
         return EncodedContext(frame, ctx_w, self.net.encode_context(ctx_w, mask), mixture, mask, counts, radius,
-                              bank_w)
+                              bank_w, ellipticals=ellipticals)
 
     def fit_mixture(self, ctx_w: torch.Tensor, frame: AffineFrame, mask: torch.Tensor | None = None,
                     fitter=None) -> Mixture | None:
@@ -177,8 +179,10 @@ class WhitenedModel(nn.Module):
 
     def candidates(self, enc: EncodedContext, qry_w: torch.Tensor) -> Candidates:
         if enc.bank_w is None:
-            return evaluate_candidates(self.net.config, enc.ctx_w, enc.mixture, qry_w, enc.counts, enc.mask)
-        return evaluate_candidates(self.net.config, enc.bank_w, enc.mixture, qry_w, enc.bank_counts, enc.bank_mask)
+            return evaluate_candidates(self.net.config, enc.ctx_w, enc.mixture, qry_w, enc.counts, enc.mask,
+                                       enc.ellipticals)
+        return evaluate_candidates(self.net.config, enc.bank_w, enc.mixture, qry_w, enc.bank_counts, enc.bank_mask,
+                                   enc.ellipticals)
 
     def decode_whitened(self, enc: EncodedContext, qry_w: torch.Tensor):
         """Whitened log-density (B,m) and score (B,m,d) at whitened queries (B,m,d)."""

@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from .distributions import _mixture_terms
-from .elliptical import EllipticalKDE
+from .elliptical import RadialFit
 
 __all__ = ["Candidates", "Mixture", "N_DESCRIPTORS", "kernel_bank", "kernel_bank_torch", "fit_mixture", "refit_mixture", "reframe_mixture",
-           "mixture_candidate", "evaluate_candidates"]
+           "mixture_candidate", "evaluate_candidates", "elliptical_fits", "elliptical_candidate"]
 
 #: Descriptors per candidate, in the order they are appended.
 #: KDE: (log N_eff, ‖m − y‖/h, 0); local Gaussian: (log N_eff, ‖m − y‖/h, log det C / d − log h²);
@@ -621,10 +621,12 @@ def mixture_candidate(mix: Mixture, qry: torch.Tensor):
 
 # --------------------------------------------------------------------------- all candidates
 def evaluate_candidates(config, ctx_w: torch.Tensor, mixture: Mixture | None, qry_w: torch.Tensor,
-                        counts: list[int] | None = None, mask: torch.Tensor | None = None) -> Candidates:
+                        counts: list[int] | None = None, mask: torch.Tensor | None = None,
+                        ellipticals: list[RadialFit] | None = None) -> Candidates:
     """The bank at ``config.kde_bandwidths`` then ``config.local_bandwidths`` (times the Scott
-    factor), then the mixture if fitted: K candidates at ``qry_w`` (B,m,d). ``counts``/``mask``:
-    padded batch (see :func:`kernel_bank`)."""
+    factor), then the mixture if fitted, then the elliptical KDE if the config has it (the fits
+    ``ellipticals``, else fitted to ``ctx_w`` here): K candidates at ``qry_w`` (B,m,d).
+    ``counts``/``mask``: padded batch (see :func:`kernel_bank`)."""
     cand_s, cand_l, desc = kernel_bank(ctx_w, qry_w, list(config.kde_bandwidths), list(config.local_bandwidths),
                                        config.local_ridge, counts, mask)
     if mixture is not None:
@@ -633,32 +635,44 @@ def evaluate_candidates(config, ctx_w: torch.Tensor, mixture: Mixture | None, qr
         cand_l = torch.cat([cand_l, mix_l[..., None]], -1)                   # (B, m, K)
         desc = torch.cat([desc, mix_desc], -1)                               # (B, m, K·N_DESCRIPTORS)
     if config.elliptical_candidate:
-        ell_s, ell_l, ell_desc = elliptical_candidate(ctx_w, qry_w, counts, mask)  # (B,m,d), (B,m), (B,m,3)
+        if ellipticals is None:
+            ellipticals = elliptical_fits(ctx_w, counts, mask)
+        ell_s, ell_l, ell_desc = elliptical_candidate(ellipticals, qry_w)   # (B,m,d), (B,m), (B,m,3)
         cand_s = torch.cat([cand_s, ell_s[..., None, :]], -2)                # (B, m, K, d)
         cand_l = torch.cat([cand_l, ell_l[..., None]], -1)                   # (B, m, K)
         desc = torch.cat([desc, ell_desc], -1)                               # (B, m, K·N_DESCRIPTORS)
     return Candidates(cand_s, cand_l, desc)
 
 
-def elliptical_candidate(ctx_w: torch.Tensor, qry_w: torch.Tensor, counts: list[int] | None = None,
-                         mask: torch.Tensor | None = None):
-    """:class:`particlescore.elliptical.EllipticalKDE` of each (whitened) context at ``qry_w``
-    (B,m,d): score (B,m,d), log-density (B,m) and descriptors (B,m,3): the query's radius over the
-    context's largest, its standardised radius, and its log-density's deviation from a standard
+def elliptical_fits(ctx_w: torch.Tensor, counts: list[int] | None = None,
+                    mask: torch.Tensor | None = None) -> list[RadialFit]:
+    """One :class:`particlescore.elliptical.RadialFit` per (whitened) context of a batch (B,n,d),
+    float64, on its valid points. Fitted on all n points, like the mixture: binned radii and a
+    tabulated profile keep it O(n) (its module docstring)."""
+    fits = []
+    with torch.no_grad():
+        for b in range(ctx_w.shape[0]):
+            ctx = ctx_w[b] if mask is None else ctx_w[b][mask[b]]
+            if counts is not None and mask is None:
+                ctx = ctx[:counts[b]]
+            fits.append(RadialFit(ctx.double()))
+    return fits
+
+
+def elliptical_candidate(fits: list[RadialFit], qry_w: torch.Tensor):
+    """The elliptical KDE of each context (:func:`elliptical_fits`) at ``qry_w`` (B,m,d): score
+    (B,m,d), log-density (B,m) and descriptors (B,m,3): the query's radius over the context's
+    largest, its standardised radius, and its log-density's deviation from a standard
     Gaussian's (how far the radial profile is from Gaussian there)."""
     B, m, d = qry_w.shape
-    est = EllipticalKDE()
     score = torch.empty_like(qry_w)                                          # (B, m, d)
     log_f = torch.empty(B, m, dtype=qry_w.dtype, device=qry_w.device)        # (B, m)
     desc = torch.empty(B, m, N_DESCRIPTORS, dtype=qry_w.dtype, device=qry_w.device)
     with torch.no_grad():
-        for b in range(B):
-            ctx = ctx_w[b] if mask is None else ctx_w[b][mask[b]]
-            if counts is not None and mask is None:
-                ctx = ctx[:counts[b]]
-            ctx64, q64 = ctx.double(), qry_w[b].double()
-            lf, sc = est._evaluate(ctx64, q64)                              # (m,), (m, d)
-            radius, r_q = ctx64.norm(dim=1), q64.norm(dim=1)                 # (n,), (m,)
+        for b, fit in enumerate(fits):
+            q64 = qry_w[b].double()                                          # (m, d)
+            lf, sc = fit.evaluate(q64)                                       # (m,), (m, d)
+            radius, r_q = fit.radius, q64.norm(dim=1)                        # (n,), (m,)
             gauss = -0.5 * r_q ** 2 - 0.5 * d * math.log(2 * math.pi)        # (m,) standard normal
             score[b], log_f[b] = sc.to(qry_w.dtype), lf.to(qry_w.dtype)
             desc[b] = torch.stack([r_q / radius.max(), (r_q - radius.mean()) / radius.std(),

@@ -113,8 +113,8 @@ from . import registry
 from ._validation import as_particles, check_min_particles
 from .estimators import ScoreEstimator
 from .affine import AffineFrame, EncodedContext, WhitenedModel, context_radius
-from .candidates import (Mixture, fit_mixture, mixture_score_matching_loss, refit_mixture, reframe_mixture,
-                         select_mixture)
+from .candidates import (Mixture, elliptical_fits, fit_mixture, mixture_score_matching_loss, refit_mixture,
+                         reframe_mixture, select_mixture)
 from .model import DiScoFormerConfig, DiScoFormerNet, build_network
 from .stein import project_score
 
@@ -814,8 +814,9 @@ class DiScoFormer(ScoreEstimator):
         if grown:
             bank_mask = torch.arange(P_b, device=dev) < torch.tensor(bank_sizes, device=dev)[:, None]  # (G, P_b)
             bank_args = (bank, bank_mask, bank_sizes)
+        ellipticals = elliptical_fits(ctx_w, counts, mask) if c.elliptical_candidate else None
         return EncodedContext(frame, sub, self.net.encode_context(sub, sub_mask), mixture, sub_mask, sizes,
-                              context_radius(ctx_w, mask), *bank_args)
+                              context_radius(ctx_w, mask), *bank_args, ellipticals=ellipticals)
 
     #: float32 entries of one attention block (G cells × heads × n × n) in evaluate_cells (128 MiB)
     _CELL_BLOCK = 2 ** 25

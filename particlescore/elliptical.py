@@ -26,7 +26,9 @@ those).
 
 Cost: the pair sum runs over radii only; above ``grid`` context points they are linearly binned
 on a grid of ``grid`` radii (Wand 1994) and, for queries sorted by radius, only the bins within
-``8b`` of a query chunk are summed (terms beyond are below e^{-32} of the largest).
+``8b`` of a query chunk are summed (terms beyond are below e^{-32} of the largest). Above ``grid``
+points the radial profile is also tabulated once and interpolated (:class:`RadialFit`), so a
+step of the solver (queries = the n particles) costs O(n) rather than O(n·grid).
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ from . import registry
 from ._validation import check_min_particles
 from .estimators import ScoreEstimator, _sample_covariance
 
-__all__ = ["EllipticalKDE", "log_sphere_average"]
+__all__ = ["EllipticalKDE", "RadialFit", "log_sphere_average"]
 
 #: queries per chunk of the radial pair sum
 QUERY_CHUNK = 1024
@@ -82,23 +84,133 @@ def log_sphere_average(x: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Ten
     return log_a, ratio
 
 
+def _lagrange4(table: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Cubic (4-point Lagrange) interpolation of ``table`` (G,), given at nodes 0 … G−1, at
+    fractional node positions ``pos`` (m,) in [0, G−1]: error O(h⁴) in the node spacing h."""
+    i = pos.floor().long().clamp(1, len(table) - 3)                          # (m,) nodes i−1 … i+2
+    u = pos - i                                                              # (m,) in [−1, 2]
+    f0, f1, f2, f3 = (table[i + k] for k in (-1, 0, 1, 2))                    # (m,) each
+    return (-u * (u - 1) * (u - 2) / 6 * f0 + (u + 1) * (u - 1) * (u - 2) / 2 * f1
+            - (u + 1) * u * (u - 2) / 2 * f2 + (u + 1) * u * (u - 1) / 6 * f3)
+
+
+class RadialFit:
+    """The elliptical KDE of one context (n,d), fitted once (module docstring): the sample mean
+    and covariance's Cholesky factor L, the bandwidth ``b``, and the (binned above ``grid``
+    points) whitened radii. Above ``grid`` points the radial profile is also tabulated on
+    ``table`` equally spaced radii up to ``reach`` times the context's largest radius and
+    interpolated there (:func:`_lagrange4`; at n = 25 600 in d = 2, 3, 10 within 4e-8 of the exact
+    sum in log f and 6e-9 relative in the score, 6–8× faster; tests/test_elliptical.py), so that m queries cost O(m) after an O(n + table·window) fit."""
+
+    def __init__(self, context: torch.Tensor, bandwidth_factor: float = 1.4, *, grid: int = 1024,
+                 table: int = 4096, reach: float = 2.5):
+        n, d = context.shape
+        check_min_particles(context, d + 2, f"to whiten by a full {d}x{d} sample covariance")
+        self.dim, self.n = d, n
+        self.mean = context.mean(0)                                          # (d,)
+        chol, info = torch.linalg.cholesky_ex(_sample_covariance(context))   # (d, d)
+        if int(info) != 0:
+            raise ValueError(f"the context's sample covariance is singular (particles lie on a subspace); "
+                             f"an elliptical estimate needs full-rank data (context shape {tuple(context.shape)})")
+        self.chol = chol
+        self.radius = self.whiten(context).norm(dim=1)                       # (n,) whitened radii
+        self.bandwidth = bandwidth_factor * float(self.radius.std()) * n ** (-0.2)
+        if self.bandwidth <= 0:
+            raise ValueError("all context points have the same Mahalanobis radius; no bandwidth can be set")
+        self.nodes, self.log_weight = _binned_radii(self.radius, grid)      # (G,), (G,)
+        self.table_step = None
+        if grid and n > grid and table:
+            self.table_step = reach * float(self.radius.max()) / (table - 1)
+            nodes = torch.arange(table, dtype=context.dtype, device=context.device) * self.table_step  # (T,)
+            self.table_log_f, self.table_factor = self._exact(nodes)        # (T,), (T,)
+
+    def whiten(self, x: torch.Tensor) -> torch.Tensor:
+        """``L⁻¹(x − μ)`` of points (m,d)."""
+        return torch.linalg.solve_triangular(self.chol, (x - self.mean).T, upper=False).T
+
+    def _exact(self, rq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whitened ``log f̂`` and ``∂_r log f̂ / r`` at radii (m,) by the windowed radial pair sum."""
+        b, d = self.bandwidth, self.dim
+        order = torch.argsort(rq)
+        log_f = torch.empty_like(rq)                                         # (m,)
+        factor = torch.empty_like(rq)                                        # (m,) ∂_r log f̂ / r
+        for start in range(0, len(rq), QUERY_CHUNK):
+            idx = order[start:start + QUERY_CHUNK]                           # (c,) sorted by radius
+            r = rq[idx]                                                      # (c,)
+            lo = int(torch.searchsorted(self.nodes, r[0] - WINDOW * b))
+            hi = int(torch.searchsorted(self.nodes, r[-1] + WINDOW * b, right=True))
+            lo, hi = min(lo, len(self.nodes) - 1), max(hi, lo + 1)
+            ri, lw = self.nodes[lo:hi], self.log_weight[lo:hi]               # (k,)
+            x = r[:, None] * ri[None] / b ** 2                               # (c, k)
+            log_a, ratio = log_sphere_average(x, d)                          # (c, k) each
+            terms = -(r[:, None] - ri[None]) ** 2 / (2 * b * b) + log_a + lw[None]  # (c, k)
+            log_f[idx] = torch.logsumexp(terms, 1)                          # (c,)
+            omega = torch.softmax(terms, 1)                                  # (c, k)
+            factor[idx] = -1 / b ** 2 + (omega * ri[None] ** 2 * ratio).sum(1) / b ** 4
+        return log_f - math.log(self.n) - 0.5 * d * math.log(2 * math.pi * b * b), factor
+
+    def radial(self, rq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whitened ``log f̂`` and ``∂_r log f̂ / r`` at radii (m,): from the table where there is
+        one and the radius lies within it, else exact."""
+        if self.table_step is None:
+            return self._exact(rq)
+        pos = rq / self.table_step                                           # (m,)
+        inside = pos <= len(self.table_log_f) - 1
+        log_f = _lagrange4(self.table_log_f, pos.clamp(max=len(self.table_log_f) - 1))  # (m,)
+        factor = _lagrange4(self.table_factor, pos.clamp(max=len(self.table_log_f) - 1))  # (m,)
+        if not bool(inside.all()):
+            log_f[~inside], factor[~inside] = self._exact(rq[~inside])
+        return log_f, factor
+
+    def evaluate_whitened(self, wq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whitened log-density (m,) and score (m,d) at whitened queries (m,d)."""
+        log_f, factor = self.radial(wq.norm(dim=1))                          # (m,), (m,)
+        return log_f, wq * factor[:, None]
+
+    def evaluate(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``log f`` (m,) and ``∇ log f = L⁻ᵀ ∇_w log f̂`` (m,d) at queries (m,d)."""
+        log_f, score_w = self.evaluate_whitened(self.whiten(queries))        # (m,), (m, d)
+        score = torch.linalg.solve_triangular(self.chol.T, score_w.T, upper=True).T  # (m, d)
+        return log_f - torch.log(self.chol.diagonal()).sum(), score
+
+
+def _binned_radii(radius: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted radii and their log weights: the radii themselves (weight 1), or above ``grid``
+    points their linear binning on ``grid`` equally spaced nodes over [0, max r]."""
+    if not grid or len(radius) <= grid:
+        return torch.sort(radius).values, torch.zeros_like(radius)
+    nodes = torch.linspace(0.0, float(radius.max()), grid, dtype=radius.dtype, device=radius.device)
+    spacing = nodes[1] - nodes[0]
+    pos = radius / spacing
+    left = pos.floor().long().clamp(max=grid - 2)                            # (n,)
+    frac = pos - left                                                        # (n,)
+    counts = torch.zeros(grid, dtype=radius.dtype, device=radius.device)
+    counts.index_add_(0, left, 1 - frac)
+    counts.index_add_(0, left + 1, frac)
+    keep = counts > 0
+    return nodes[keep], torch.log(counts[keep])
+
+
 class EllipticalKDE(ScoreEstimator):
     """Kernel estimate for elliptical laws (module docstring): whiten by the sample mean and
     covariance, average each sample's Gaussian kernel over rotations, smooth in the radius only.
 
     ``bandwidth_factor`` c: ``b = c·sd(r_i)·n^{-1/5}`` in whitened units (default 1.4, chosen on
     isotropic Gaussian and Student-t samples, `benchmarks/elliptical_kde.py`); ``grid``: context
-    points above which the radii are binned on that many grid points (0: never bin).
+    points above which the radii are binned on that many grid points and the profile is
+    tabulated on ``table`` radii (:class:`RadialFit`; 0: never bin).
     """
 
-    def __init__(self, bandwidth_factor: float = 1.4, *, grid: int = 1024):
+    def __init__(self, bandwidth_factor: float = 1.4, *, grid: int = 1024, table: int = 4096):
         if isinstance(bandwidth_factor, bool) or not isinstance(bandwidth_factor, (int, float)) \
                 or not (math.isfinite(bandwidth_factor) and bandwidth_factor > 0):
             raise ValueError(f"bandwidth_factor must be a positive finite float, got {bandwidth_factor!r}")
         if isinstance(grid, bool) or not isinstance(grid, int) or (grid != 0 and grid < 64):
             raise ValueError(f"grid must be 0 (no binning) or an int >= 64, got {grid!r}")
+        if isinstance(table, bool) or not isinstance(table, int) or (table != 0 and table < 64):
+            raise ValueError(f"table must be 0 (no table) or an int >= 64, got {table!r}")
         self.bandwidth_factor = float(bandwidth_factor)
-        self.grid = grid
+        self.grid, self.table = grid, table
 
     min_particles_reason = "to whiten by the sample covariance"
 
@@ -107,61 +219,11 @@ class EllipticalKDE(ScoreEstimator):
         return 3
 
     def describe(self) -> dict:
-        return {"estimator": "EllipticalKDE", "bandwidth_factor": self.bandwidth_factor, "grid": self.grid}
+        return {"estimator": "EllipticalKDE", "bandwidth_factor": self.bandwidth_factor, "grid": self.grid,
+                "table": self.table}
 
     def _evaluate(self, context, queries):
-        n, d = context.shape
-        check_min_particles(context, d + 2, f"to whiten by a full {d}x{d} sample covariance")
-        mean = context.mean(0)                                               # (d,)
-        centred = context - mean                                             # (n, d)
-        chol, info = torch.linalg.cholesky_ex(_sample_covariance(context))   # (d, d)
-        if int(info) != 0:
-            raise ValueError(f"the context's sample covariance is singular (particles lie on a subspace); "
-                             f"an elliptical estimate needs full-rank data (context shape {tuple(context.shape)})")
-        w = torch.linalg.solve_triangular(chol, centred.T, upper=False).T   # (n, d) whitened context
-        wq = torch.linalg.solve_triangular(chol, (queries - mean).T, upper=False).T  # (m, d)
-        radius = w.norm(dim=1)                                               # (n,)
-        b = self.bandwidth_factor * float(radius.std()) * n ** (-0.2)
-        if b <= 0:
-            raise ValueError("all context points have the same Mahalanobis radius; no bandwidth can be set")
-        nodes, log_weight = self._radii(radius)                              # (G,), (G,)
-        rq = wq.norm(dim=1)                                                  # (m,)
-        order = torch.argsort(rq)
-        log_f = torch.empty_like(rq)                                         # (m,)
-        factor = torch.empty_like(rq)                                        # (m,) ∂_r log f̂ / r
-        for start in range(0, len(rq), QUERY_CHUNK):
-            idx = order[start:start + QUERY_CHUNK]                           # (c,) sorted by radius
-            r = rq[idx]                                                      # (c,)
-            lo = int(torch.searchsorted(nodes, r[0] - WINDOW * b))
-            hi = int(torch.searchsorted(nodes, r[-1] + WINDOW * b, right=True))
-            lo, hi = min(lo, len(nodes) - 1), max(hi, lo + 1)
-            ri, lw = nodes[lo:hi], log_weight[lo:hi]                         # (k,)
-            x = r[:, None] * ri[None] / b ** 2                               # (c, k)
-            log_a, ratio = log_sphere_average(x, d)                          # (c, k) each
-            terms = -(r[:, None] - ri[None]) ** 2 / (2 * b * b) + log_a + lw[None]  # (c, k)
-            log_f[idx] = torch.logsumexp(terms, 1)                          # (c,)
-            omega = torch.softmax(terms, 1)                                  # (c, k)
-            factor[idx] = -1 / b ** 2 + (omega * ri[None] ** 2 * ratio).sum(1) / b ** 4
-        log_f = log_f - math.log(n) - 0.5 * d * math.log(2 * math.pi * b * b) - torch.log(chol.diagonal()).sum()
-        score_w = wq * factor[:, None]                                       # (m, d)
-        score = torch.linalg.solve_triangular(chol.T, score_w.T, upper=True).T  # (m, d) L⁻ᵀ s_w
-        return log_f, score
-
-    def _radii(self, radius: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sorted radii and their log weights: the radii themselves (weight 1), or above ``grid``
-        points their linear binning on ``grid`` equally spaced nodes over [0, max r]."""
-        if not self.grid or len(radius) <= self.grid:
-            return torch.sort(radius).values, torch.zeros_like(radius)
-        nodes = torch.linspace(0.0, float(radius.max()), self.grid, dtype=radius.dtype, device=radius.device)
-        spacing = nodes[1] - nodes[0]
-        pos = radius / spacing
-        left = pos.floor().long().clamp(max=self.grid - 2)                   # (n,)
-        frac = pos - left                                                    # (n,)
-        counts = torch.zeros(self.grid, dtype=radius.dtype, device=radius.device)
-        counts.index_add_(0, left, 1 - frac)
-        counts.index_add_(0, left + 1, frac)
-        keep = counts > 0
-        return nodes[keep], torch.log(counts[keep])
+        return RadialFit(context, self.bandwidth_factor, grid=self.grid, table=self.table).evaluate(queries)
 
 
 registry.register("estimator", "elliptical_kde", EllipticalKDE)

@@ -141,7 +141,7 @@ def test_elliptical_candidate_slot_starts_silent_and_handles_padding():
     grown from trained weights by ``transplant`` with a very negative gate bias answers as before
     (float32 network: 1e-5), the far-field rule still blends into the mixture, and the candidate
     of a padded batch element equals that of the element alone."""
-    from particlescore.candidates import elliptical_candidate
+    from particlescore.candidates import elliptical_candidate, elliptical_fits
     from particlescore.discoformer import load_weights
     from particlescore.model import DiScoFormerConfig, build_network
     from particlescore.training.train import transplant
@@ -156,8 +156,46 @@ def test_elliptical_candidate_slot_starts_silent_and_handles_padding():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     ctx = torch.stack([x[:300], torch.cat([x[300:], torch.zeros(200, 3, dtype=F64)])]).float()
     mask = torch.arange(300)[None] < torch.tensor([[300], [100]])
-    score, log_f, desc = elliptical_candidate(ctx, ctx[:, :30], mask=mask)
-    alone_s, alone_l, _ = elliptical_candidate(ctx[1:, :100], ctx[1:, :30])
+    score, log_f, desc = elliptical_candidate(elliptical_fits(ctx, mask=mask), ctx[:, :30])
+    alone_s, alone_l, _ = elliptical_candidate(elliptical_fits(ctx[1:, :100]), ctx[1:, :30])
     torch.testing.assert_close(score[1:], alone_s)
     torch.testing.assert_close(log_f[1:], alone_l)
     assert desc.shape == (2, 30, 3) and torch.isfinite(desc).all()
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_tabulated_profile_matches_the_exact_sum(d):
+    """Above ``grid`` points the profile is interpolated from a table (RadialFit). Cubic
+    interpolation errs by O((h/b)^4) ≈ 1e-8 with h = 2.5·max r/4095 and b ≈ 0.17 at n = 3000;
+    among the last particles, where the profile bends fastest, measured errors reach 1.4e-6
+    (d = 2). 1e-5 allows for that and still fails on any wrong node, weight or offset (those err
+    at the 1e-2 level); the typical point is held to 1e-8."""
+    x = _anisotropic_gaussian(3000, d, seed=5)
+    y = torch.cat([x[:500], 3 * x[:5]])                                      # 5 queries beyond the table
+    tabulated = EllipticalKDE()(x, y)
+    exact = EllipticalKDE(table=0)(x, y)
+    rel = (tabulated[1] - exact[1]).norm(dim=1) / exact[1].norm(dim=1)      # (505,)
+    assert (tabulated[0] - exact[0]).abs().max() < 1e-5 and rel.max() < 1e-5
+    assert (tabulated[0] - exact[0]).abs().median() < 1e-8 and rel.median() < 1e-8
+    with pytest.raises(ValueError, match="table"):
+        EllipticalKDE(table=10)
+
+
+def test_elliptical_candidate_sees_every_particle_when_the_attention_is_subsampled():
+    """Like the mixture fit, the elliptical candidate is fitted to all n points: with the attention
+    and bank on a 256-point subsample it equals the elliptical KDE of the whole context."""
+    from particlescore.discoformer import load_weights
+    from particlescore.model import DiScoFormerConfig, build_network
+    from particlescore.training.train import transplant
+    old, _ = load_weights(ps.discoformer.weights_path(2))
+    config = DiScoFormerConfig.from_dict({**old.config.to_dict(), "elliptical_candidate": True})
+    new = build_network(config)
+    transplant(old, new, -4.0)
+    est = ps.DiScoFormer(new, max_context=256, max_pairs=256 * 64)
+    x = _anisotropic_gaussian(3000, 2, seed=6).float()
+    enc = est._prepare(x)
+    assert enc.ctx_w.shape[1] == 256
+    qry_w = enc.frame.whiten(x[None, :64])                                  # (1, 64, 2)
+    cand = est.model.candidates(enc, qry_w)
+    whole = EllipticalKDE()(enc.frame.whiten(x[None])[0].double(), qry_w[0].double())
+    torch.testing.assert_close(cand.score[0, :, -1].double(), whole[1], rtol=1e-5, atol=1e-5)

@@ -28,7 +28,7 @@ def test_default_batch_is_the_gmm_family_drawn_as_before():
     assert torch.equal(explicit.score, batch.score)
 
 
-@pytest.mark.parametrize("family", ["gaussian", "t_mixture", "laplace"])
+@pytest.mark.parametrize("family", ["gaussian", "t_mixture", "laplace", "radial"])
 @pytest.mark.parametrize("dim", [1, 3])
 def test_family_score_is_the_gradient_of_its_log_density(family, dim):
     sample, log_prob_and_score = FAMILY_DRAWS[family](3, dim, torch.Generator().manual_seed(1))
@@ -38,7 +38,7 @@ def test_family_score_is_the_gradient_of_its_log_density(family, dim):
     assert torch.allclose(grad, score, rtol=0, atol=1e-12)   # float64, the same closed form: round-off only
 
 
-@pytest.mark.parametrize("family", ["gaussian", "t_mixture", "laplace"])
+@pytest.mark.parametrize("family", ["gaussian", "t_mixture", "laplace", "radial"])
 def test_family_density_is_normalised_in_d1_and_d2(family):
     """∫ f = 1 by a Riemann sum: the grid step 0.05 resolves every component (variances ≥ 0.2,
     Laplace scales ≥ 0.5) to < 1e-3, and outside |x| ≤ 60 a Student-t with ν ≥ 2.2 (scale ≤ 1,
@@ -57,7 +57,7 @@ def test_family_density_is_normalised_in_d1_and_d2(family):
     assert torch.allclose(mass, torch.ones(2, dtype=torch.float64), atol=1e-2)
 
 
-@pytest.mark.parametrize("family", ["gaussian", "t_mixture", "laplace"])
+@pytest.mark.parametrize("family", ["gaussian", "t_mixture", "laplace", "radial"])
 def test_family_samples_follow_their_density(family):
     """Stein's identity E[s(x)] = 0 and E[s(x) xᵀ] = −I under the family's own samples, 10^5 of
     them. The standard errors of the entries of E[s xᵀ] are at most 0.017 (Gaussian: means up to 3

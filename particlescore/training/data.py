@@ -10,7 +10,11 @@ keeps it sharp where the mixture is right:
 * ``t_mixture``: the same random mixtures with every component a multivariate Student-t of
   location μ_k, scale matrix Σ_k and one ν per mixture, log-uniform in [2.2, 30];
 * ``laplace``: a rotated, scaled product of Laplace laws, ``x = μ + R y``, ``y_i ~ Laplace(0, b_i)``,
-  b ~ U[0.5, 1.5]^d, R Haar-random, μ ~ U[−1, 1]^d.
+  b ~ U[0.5, 1.5]^d, R Haar-random, μ ~ U[−1, 1]^d;
+* ``radial``: elliptical laws whose radial profile is not Gaussian, ``x = μ + L y`` with
+  ``f(y) ∝ Σ_j w_j |y|^{2p_j} exp(−|y|²/2s_j²)``: one to three shells, p_j ∈ {0, 1, 2},
+  s_j log-uniform in [0.5, 2] (the BKW solution of the Landau equation is one of them; the
+  elliptical candidate is the one made for this family).
 
 Every draw comes from a generator seeded by ``(seed, rank, step)``, so a resumed run sees
 exactly the batches an uninterrupted one would.
@@ -120,10 +124,63 @@ def _laplace(batch: int, dim: int, generator: torch.Generator):
     return sample, log_prob_and_score
 
 
+def _radial(batch: int, dim: int, generator: torch.Generator, max_terms: int = 3):
+    """Gaussian shells about one centre: ``x = μ + L y``, ``f(y) = Σ_j w_j |y|^{2p_j} e^{−|y|²/2s_j²} / Z_j``,
+    ``Z_j = (2π s_j²)^{d/2} (2s_j²)^{p_j} Γ(d/2 + p_j)/Γ(d/2)`` (the moment E|z|^{2p} of N(0, s²I)),
+    ``∇_y log f = Σ_j ρ_j y (2p_j/|y|² − 1/s_j²)``, ρ_j the terms' shares. Term j samples as
+    ``y = s_j·u·√χ²_{d+2p_j}``, u uniform on the sphere. μ and L: one component of
+    :func:`particlescore.distributions.random_gmm`."""
+    shape = random_gmm(batch, dim, generator=generator, n_components=(1, 1), dtype=torch.float64)
+    loc, chol = shape.means[:, 0], shape.cholesky_factors[:, 0]              # (B, d), (B, d, d)
+    n_terms = torch.randint(1, max_terms + 1, (batch,), generator=generator)  # (B,)
+    power = torch.randint(0, 3, (batch, max_terms), generator=generator).double()  # (B, J)
+    scale = torch.exp(math.log(0.5) + math.log(4.0) * torch.rand(batch, max_terms, generator=generator,
+                                                                dtype=torch.float64))  # (B, J)
+    raw = _standard_exponential((batch, max_terms), generator=generator, dtype=torch.float64,
+                                device=torch.device("cpu"))                  # (B, J) Dirichlet(1,…,1)
+    raw = raw * (torch.arange(max_terms)[None] < n_terms[:, None])           # (B, J) unused terms at 0
+    weight = raw / raw.sum(1, keepdim=True)                                  # (B, J)
+    half = 0.5 * dim
+    log_norm = (half * torch.log(2 * math.pi * scale ** 2) + power * torch.log(2 * scale ** 2)
+                + torch.lgamma(half + power) - math.lgamma(half))            # (B, J) log Z_j
+    log_det = torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)      # (B,)
+
+    def sample(count: int) -> torch.Tensor:
+        out = []
+        for b in range(batch):
+            j = torch.multinomial(weight[b], count, replacement=True, generator=generator)  # (count,)
+            u = torch.randn(count, dim, generator=generator, dtype=torch.float64)           # (count, d)
+            u = u / u.norm(dim=1, keepdim=True)
+            r = torch.empty(count, dtype=torch.float64)
+            for k in range(max_terms):
+                pick = j == k
+                if int(pick.sum()):
+                    chi2 = 2.0 * sample_gamma(half + float(power[b, k]), int(pick.sum()), generator=generator)
+                    r[pick] = scale[b, k] * torch.sqrt(chi2)
+            out.append(loc[b] + (u * r[:, None]) @ chol[b].T)
+        return torch.stack(out)                                              # (B, count, d)
+
+    def log_prob_and_score(x: torch.Tensor):
+        y = torch.linalg.solve_triangular(chol, (x - loc[:, None]).transpose(-1, -2),
+                                          upper=False).transpose(-1, -2)     # (B, m, d) L⁻¹(x − μ)
+        r2 = (y * y).sum(-1).clamp_min(1e-300)                               # (B, m)
+        log_terms = (torch.log(weight)[:, None] + power[:, None] * torch.log(r2)[..., None]
+                     - r2[..., None] / (2 * scale[:, None] ** 2) - log_norm[:, None])   # (B, m, J), −inf unused
+        log_f = torch.logsumexp(log_terms, -1)                               # (B, m)
+        share = torch.exp(log_terms - log_f[..., None])                      # (B, m, J)
+        radial = (share * (2 * power[:, None] / r2[..., None] - 1 / scale[:, None] ** 2)).sum(-1)  # (B, m)
+        score_y = y * radial[..., None]                                      # (B, m, d)
+        score = torch.linalg.solve_triangular(chol.transpose(-1, -2), score_y.transpose(-1, -2),
+                                              upper=True).transpose(-1, -2)  # (B, m, d) L⁻ᵀ ∇_y
+        return log_f - log_det[:, None], score
+
+    return sample, log_prob_and_score
+
+
 #: family name -> ``draw(batch, dim, generator)`` returning ``(sample(count) -> (B,count,d),
 #: log_prob_and_score(x (B,m,d)) -> ((B,m), (B,m,d)))``
 FAMILY_DRAWS = {"gmm": _gmm, "gaussian": functools.partial(_gmm, n_components=(1, 1)), "t_mixture": _t_mixture,
-                "laplace": _laplace}
+                "laplace": _laplace, "radial": _radial}
 
 
 def make_batch(*, dim: int, batch: int, n: int, n_queries: int, off_fraction: float,
