@@ -646,16 +646,17 @@ def evaluate_candidates(config, ctx_w: torch.Tensor, mixture: Mixture | None, qr
 
 def elliptical_fits(ctx_w: torch.Tensor, counts: list[int] | None = None,
                     mask: torch.Tensor | None = None) -> list[RadialFit]:
-    """One :class:`particlescore.elliptical.RadialFit` per (whitened) context of a batch (B,n,d),
-    float64, on its valid points. Fitted on all n points, like the mixture: binned radii and a
-    tabulated profile keep it O(n) (its module docstring)."""
+    """One :class:`particlescore.elliptical.RadialFit` per whitened context of a batch (B,n,d),
+    float64, on its valid points, in the model's frame (``whiten=False``: the frame's mean and
+    covariance, so a cell of d + 1 points works as it does for the other candidates). Fitted on
+    all n points, like the mixture: binned radii and a tabulated profile keep it O(n)."""
     fits = []
     with torch.no_grad():
         for b in range(ctx_w.shape[0]):
             ctx = ctx_w[b] if mask is None else ctx_w[b][mask[b]]
             if counts is not None and mask is None:
                 ctx = ctx[:counts[b]]
-            fits.append(RadialFit(ctx.double()))
+            fits.append(RadialFit(ctx.double(), whiten=False))
     return fits
 
 

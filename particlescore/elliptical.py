@@ -45,6 +45,9 @@ __all__ = ["EllipticalKDE", "RadialFit", "log_sphere_average"]
 
 #: queries per chunk of the radial pair sum
 QUERY_CHUNK = 1024
+#: floor of the radii's spread for a context whitened by the caller (whitened units; typical
+#: spreads are 0.4–0.7), so that tiny cells still get a bandwidth
+MIN_SPREAD = 0.05
 #: half-width of the summed radius window, in bandwidths (terms beyond: below e^{-32} of the largest)
 WINDOW = 8.0
 
@@ -103,18 +106,26 @@ class RadialFit:
     sum in log f and 6e-9 relative in the score, 6–8× faster; tests/test_elliptical.py), so that m queries cost O(m) after an O(n + table·window) fit."""
 
     def __init__(self, context: torch.Tensor, bandwidth_factor: float = 1.4, *, grid: int = 1024,
-                 table: int = 4096, reach: float = 2.5):
+                 table: int = 4096, reach: float = 2.5, whiten: bool = True):
         n, d = context.shape
-        check_min_particles(context, d + 2, f"to whiten by a full {d}x{d} sample covariance")
         self.dim, self.n = d, n
-        self.mean = context.mean(0)                                          # (d,)
-        chol, info = torch.linalg.cholesky_ex(_sample_covariance(context))   # (d, d)
-        if int(info) != 0:
-            raise ValueError(f"the context's sample covariance is singular (particles lie on a subspace); "
-                             f"an elliptical estimate needs full-rank data (context shape {tuple(context.shape)})")
-        self.chol = chol
+        if whiten:
+            check_min_particles(context, d + 2, f"to whiten by a full {d}x{d} sample covariance")
+            self.mean = context.mean(0)                                      # (d,)
+            chol, info = torch.linalg.cholesky_ex(_sample_covariance(context))   # (d, d)
+            if int(info) != 0:
+                raise ValueError(f"the context's sample covariance is singular (particles lie on a subspace); "
+                                 f"an elliptical estimate needs full-rank data (context shape {tuple(context.shape)})")
+            self.chol = chol
+        else:   # the caller whitened it (DiScoFormer's candidate): μ = 0, L = I
+            check_min_particles(context, 2, "for a radial bandwidth")
+            self.mean = torch.zeros(d, dtype=context.dtype, device=context.device)
+            self.chol = torch.eye(d, dtype=context.dtype, device=context.device)
         self.radius = self.whiten(context).norm(dim=1)                       # (n,) whitened radii
-        self.bandwidth = bandwidth_factor * float(self.radius.std()) * n ** (-0.2)
+        spread = float(self.radius.std())
+        if not whiten:   # d + 1 whitened points form a regular simplex: equal radii, spread 0
+            spread = max(spread, MIN_SPREAD)
+        self.bandwidth = bandwidth_factor * spread * n ** (-0.2)
         if self.bandwidth <= 0:
             raise ValueError("all context points have the same Mahalanobis radius; no bandwidth can be set")
         self.nodes, self.log_weight = _binned_radii(self.radius, grid)      # (G,), (G,)

@@ -8,7 +8,7 @@ import torch
 from scipy.special import gammaln, ive
 
 import particlescore as ps
-from particlescore.elliptical import EllipticalKDE, log_sphere_average
+from particlescore.elliptical import EllipticalKDE, RadialFit, log_sphere_average
 from particlescore.problems import BKWProblem
 
 F64 = torch.float64
@@ -145,7 +145,7 @@ def test_elliptical_candidate_slot_starts_silent_and_handles_padding():
     from particlescore.discoformer import load_weights
     from particlescore.model import DiScoFormerConfig, build_network
     from particlescore.training.train import transplant
-    old, _ = load_weights(ps.discoformer.weights_path(3))
+    old, _ = load_weights(ps.discoformer.weights_path(ps.discoformer.gmm_only_key(3)))   # 11 candidates
     config = DiScoFormerConfig.from_dict({**old.config.to_dict(), "elliptical_candidate": True})
     assert config.n_candidates == old.config.n_candidates + 1 and config.mixture_index == 10
     new = build_network(config)
@@ -183,19 +183,18 @@ def test_tabulated_profile_matches_the_exact_sum(d):
 
 def test_elliptical_candidate_sees_every_particle_when_the_attention_is_subsampled():
     """Like the mixture fit, the elliptical candidate is fitted to all n points: with the attention
-    and bank on a 256-point subsample it equals the elliptical KDE of the whole context."""
-    from particlescore.discoformer import load_weights
-    from particlescore.model import DiScoFormerConfig, build_network
-    from particlescore.training.train import transplant
-    old, _ = load_weights(ps.discoformer.weights_path(2))
-    config = DiScoFormerConfig.from_dict({**old.config.to_dict(), "elliptical_candidate": True})
-    new = build_network(config)
-    transplant(old, new, -4.0)
-    est = ps.DiScoFormer(new, max_context=256, max_pairs=256 * 64)
+    and bank on a 256-point subsample it equals the elliptical KDE of the whole (whitened) context.
+    In the model's frame it needs only two points: a cell of d + 1 points (whitened: a regular
+    simplex, all radii equal) gets the floored spread."""
+    est = ps.DiScoFormer.pretrained(dim=2, max_context=256, max_pairs=256 * 64)
+    assert est.net.config.elliptical_candidate
     x = _anisotropic_gaussian(3000, 2, seed=6).float()
     enc = est._prepare(x)
     assert enc.ctx_w.shape[1] == 256
     qry_w = enc.frame.whiten(x[None, :64])                                  # (1, 64, 2)
     cand = est.model.candidates(enc, qry_w)
-    whole = EllipticalKDE()(enc.frame.whiten(x[None])[0].double(), qry_w[0].double())
+    whole = RadialFit(enc.frame.whiten(x[None])[0].double(), whiten=False).evaluate(qry_w[0].double())
     torch.testing.assert_close(cand.score[0, :, -1].double(), whole[1], rtol=1e-5, atol=1e-5)
+    simplex = RadialFit(torch.tensor([[1.0, 0.0], [-0.5, 0.75 ** 0.5], [-0.5, -0.75 ** 0.5]], dtype=F64), whiten=False)
+    log_f, score = simplex.evaluate(torch.zeros(1, 2, dtype=F64))
+    assert simplex.bandwidth > 0 and torch.isfinite(log_f).all() and torch.isfinite(score).all()
