@@ -664,18 +664,18 @@ def elliptical_candidate(fits: list[RadialFit], qry_w: torch.Tensor):
     """The elliptical KDE of each context (:func:`elliptical_fits`) at ``qry_w`` (B,m,d): score
     (B,m,d), log-density (B,m) and descriptors (B,m,3): the query's radius over the context's
     largest, its standardised radius, and its log-density's deviation from a standard
-    Gaussian's (how far the radial profile is from Gaussian there)."""
-    B, m, d = qry_w.shape
-    score = torch.empty_like(qry_w)                                          # (B, m, d)
-    log_f = torch.empty(B, m, dtype=qry_w.dtype, device=qry_w.device)        # (B, m)
-    desc = torch.empty(B, m, N_DESCRIPTORS, dtype=qry_w.dtype, device=qry_w.device)
-    with torch.no_grad():
-        for b, fit in enumerate(fits):
-            q64 = qry_w[b].double()                                          # (m, d)
-            lf, sc = fit.evaluate(q64)                                       # (m,), (m, d)
-            radius, r_q = fit.radius, q64.norm(dim=1)                        # (n,), (m,)
-            gauss = -0.5 * r_q ** 2 - 0.5 * d * math.log(2 * math.pi)        # (m,) standard normal
-            score[b], log_f[b] = sc.to(qry_w.dtype), lf.to(qry_w.dtype)
-            desc[b] = torch.stack([r_q / radius.max(), (r_q - radius.mean()) / radius.std(),
-                                   (lf - gauss).clamp(-10, 10) / 10], -1).to(qry_w.dtype)
-    return score, log_f, desc
+    Gaussian's (how far the radial profile is from Gaussian there). Differentiable in the
+    queries, as the other candidates are (the consistency and score-matching losses need it)."""
+    d = qry_w.shape[-1]
+    scores, log_fs, descs = [], [], []
+    for fit in fits:
+        q64 = qry_w[len(scores)].double()                                    # (m, d)
+        lf, sc = fit.evaluate(q64)                                           # (m,), (m, d)
+        radius, r_q = fit.radius, q64.norm(dim=1)                            # (n,), (m,)
+        gauss = -0.5 * r_q ** 2 - 0.5 * d * math.log(2 * math.pi)            # (m,) standard normal
+        scores.append(sc)
+        log_fs.append(lf)
+        descs.append(torch.stack([r_q / radius.max(), (r_q - radius.mean()) / radius.std(),
+                                  (lf - gauss).clamp(-10, 10) / 10], -1))   # (m, 3)
+    to = qry_w.dtype
+    return torch.stack(scores).to(to), torch.stack(log_fs).to(to), torch.stack(descs).to(to)

@@ -56,7 +56,8 @@ def log_sphere_average(x: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Ten
     """``log A_ν(x) − x`` and ``R_ν(x)/x`` for ``x ≥ 0`` (``ν = d/2 − 1``; module docstring).
 
     Closed forms in torch for d = 1, 2, 3; scipy's exponentially scaled Bessel functions for
-    larger d (CPU, float64). Both are smooth at 0, where ``R_ν(x)/x → 1/d``."""
+    larger d (CPU, float64), with their derivatives for autograd (:class:`_BesselSphereAverage`).
+    Both are smooth at 0, where ``R_ν(x)/x → 1/d``."""
     small = x < 1e-4
     xs = torch.where(small, torch.ones_like(x), x)                          # avoids 0/0 off the used branch
     if d == 1:                                                               # A = cosh x, R = tanh x
@@ -71,6 +72,20 @@ def log_sphere_average(x: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Ten
         x2 = x * x                                                           # series below 0.05: no cancellation
         ratio = torch.where(x < 0.05, 1 / 3 - x2 / 45 + 2 * x2 * x2 / 945, (1 / torch.tanh(xs) - 1 / xs) / xs)
     else:
+        log_a, ratio = _BesselSphereAverage.apply(x, d)
+    if d <= 3:
+        log_a = torch.where(small, x * x / (2 * d) - x, log_a)
+    ratio = torch.where(small, 1.0 / d - x * x / (d * d * (d + 2)), ratio)  # series of R_ν(x)/x
+    return log_a, ratio
+
+
+class _BesselSphereAverage(torch.autograd.Function):
+    """``(log A_ν(x) − x, R_ν(x)/x)`` by scipy for d > 3, differentiable: ``(log A_ν)′ = R_ν`` and
+    the Bessel-ratio equation ``R′ = 1 − (2ν+1)R/x − R²`` (Amos 1974) give
+    ``d/dx (R/x) = (1 − d·(R/x) − x²(R/x)²)/x`` (series ``−2x/(d²(d+2))`` near 0)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, d: int):
         from scipy.special import gammaln, ive
         nu = d / 2 - 1
         xn = x.detach().cpu().double().numpy()
@@ -81,10 +96,18 @@ def log_sphere_average(x: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Ten
         ratio_n = ive(nu + 1, xn_s) / (ive(nu, xn_s) * xn_s)
         log_a = torch.as_tensor(log_a_n, dtype=x.dtype, device=x.device)
         ratio = torch.as_tensor(ratio_n, dtype=x.dtype, device=x.device)
-    if d <= 3:
-        log_a = torch.where(small, x * x / (2 * d) - x, log_a)
-    ratio = torch.where(small, 1.0 / d - x * x / (d * d * (d + 2)), ratio)  # series of R_ν(x)/x
-    return log_a, ratio
+        ctx.save_for_backward(x, ratio)
+        ctx.dim = d
+        return log_a, ratio
+
+    @staticmethod
+    def backward(ctx, grad_log_a, grad_ratio):
+        x, ratio = ctx.saved_tensors
+        d = ctx.dim
+        small = x < 1e-4
+        xs = torch.where(small, torch.ones_like(x), x)
+        d_ratio = torch.where(small, -2 * x / (d * d * (d + 2)), (1 - d * ratio - (xs * ratio) ** 2) / xs)
+        return grad_log_a * (x * ratio - 1) + grad_ratio * d_ratio, None
 
 
 def _lagrange4(table: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
