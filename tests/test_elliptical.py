@@ -39,7 +39,7 @@ def test_one_dimension_is_the_kde_symmetrised_about_the_mean():
     estimate is the Gaussian KDE of the whitened data and its mirror image (closed form here)."""
     x = _anisotropic_gaussian(300, 1, seed=3)
     y = torch.linspace(-4, 5, 41, dtype=F64)[:, None]
-    est = EllipticalKDE(grid=0)
+    est = EllipticalKDE(grid=0, table=0)
     log_f, score = est(x, y)
     sd = float(x.std())
     w, wq = ((x - x.mean()) / sd)[:, 0], ((y - x.mean()) / sd)[:, 0]
@@ -53,7 +53,7 @@ def test_one_dimension_is_the_kde_symmetrised_about_the_mean():
 
 def test_density_integrates_to_one_and_score_is_its_gradient():
     x = _anisotropic_gaussian(400, 2, seed=1)
-    est = EllipticalKDE(grid=0)
+    est = EllipticalKDE(grid=0, table=0)
     g = torch.linspace(-12, 12, 481, dtype=F64)
     grid = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
     log_f, _ = est(x, grid)
@@ -165,18 +165,25 @@ def test_elliptical_candidate_slot_starts_silent_and_handles_padding():
 
 @pytest.mark.parametrize("d", [2, 3])
 def test_tabulated_profile_matches_the_exact_sum(d):
-    """Above ``grid`` points the profile is interpolated from a table (RadialFit). Cubic
-    interpolation errs by O((h/b)^4) ≈ 1e-8 with h = 2.5·max r/4095 and b ≈ 0.17 at n = 3000;
-    among the last particles, where the profile bends fastest, measured errors reach 1.4e-6
-    (d = 2). 1e-5 allows for that and still fails on any wrong node, weight or offset (those err
-    at the 1e-2 level); the typical point is held to 1e-8."""
+    """From 256 points on the profile is interpolated from a table (RadialFit) at spacing b/4 up
+    to the last particle's radius, and summed exactly beyond. Cubic interpolation errs by
+    O((h/b)^4) times the profile's fourth derivative: measured at the particles at most 3.4e-3
+    relative in the score and 4e-4 in log f, and 1e-9 … 7e-9 in relative score MSE (n = 300 …
+    25 600, d = 2, 3), against the estimate's own error of ~1e-2. The bounds 1e-2 / 3e-3 / 1e-7
+    allow for other draws and still fail on any wrong node, weight or offset (those err at the
+    1e-1 level)."""
     x = _anisotropic_gaussian(3000, d, seed=5)
-    y = torch.cat([x[:500], 3 * x[:5]])                                      # 5 queries beyond the table
+    y = torch.cat([x[:500], 3 * x[:20]])                                     # 20 queries far out
     tabulated = EllipticalKDE()(x, y)
     exact = EllipticalKDE(table=0)(x, y)
-    rel = (tabulated[1] - exact[1]).norm(dim=1) / exact[1].norm(dim=1)      # (505,)
-    assert (tabulated[0] - exact[0]).abs().max() < 1e-5 and rel.max() < 1e-5
-    assert (tabulated[0] - exact[0]).abs().median() < 1e-8 and rel.median() < 1e-8
+    t_log, t_s, e_log, e_s = tabulated[0][:500], tabulated[1][:500], exact[0][:500], exact[1][:500]
+    rel = (t_s - e_s).norm(dim=1) / e_s.norm(dim=1)                          # (500,)
+    assert (t_log - e_log).abs().max() < 3e-3 and rel.max() < 1e-2
+    assert ((t_s - e_s) ** 2).sum() / (e_s ** 2).sum() < 1e-7
+    fit = ps.elliptical.RadialFit(x)
+    beyond = fit.whiten(y[500:]).norm(dim=1) > fit.table_step * (len(fit.table_log_f) - 1)
+    assert beyond.any()
+    torch.testing.assert_close(tabulated[1][500:][beyond], exact[1][500:][beyond], rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match="table"):
         EllipticalKDE(table=10)
 
@@ -200,13 +207,15 @@ def test_elliptical_candidate_sees_every_particle_when_the_attention_is_subsampl
     assert simplex.bandwidth > 0 and torch.isfinite(log_f).all() and torch.isfinite(score).all()
 
 
-@pytest.mark.parametrize("d,n", [(2, 400), (3, 3000), (5, 400)])
+@pytest.mark.parametrize("d,n", [(2, 200), (3, 3000), (5, 200)])
 def test_elliptical_candidate_is_differentiable_in_the_queries(d, n):
     """The consistency loss (∇ log f against the score) and the score-matching loss (∇·s) take
     autograd through every candidate. Here ∇_q log f̂ must equal the candidate's own score, and
     ∇·s its central differences: exact sum (d = 2), tabulated profile (d = 3, n > grid) and the
     scipy Bessel path with its hand-written derivative (d = 5). Float64; the differences err by
-    O(eps²·s''') ≈ 1e-9, so 1e-6 is far above both that and round-off."""
+    O(eps²·s''') ≈ 1e-9, so 1e-6 is far above both that and round-off. With the table (d = 3) the
+    score is the interpolated ∂_r log f̂ and ∇ log f̂ the derivative of the interpolated log f:
+    they agree to the interpolation error (≤ 3e-3 relative, test above)."""
     from particlescore.candidates import elliptical_candidate, elliptical_fits
     ctx = _anisotropic_gaussian(n, d, seed=7)
     ctx = (ctx - ctx.mean(0)) @ torch.linalg.inv(torch.linalg.cholesky(torch.cov(ctx.T))).T   # whitened
@@ -214,7 +223,8 @@ def test_elliptical_candidate_is_differentiable_in_the_queries(d, n):
     q = (0.3 + torch.rand(1, 20, d, generator=torch.Generator().manual_seed(8), dtype=F64)).requires_grad_(True)
     score, log_f, _ = elliptical_candidate(fits, q)
     grad, = torch.autograd.grad(log_f.sum(), q, create_graph=True)
-    torch.testing.assert_close(grad, score, rtol=1e-6, atol=1e-8)
+    tol = 3e-3 if fits[0].table_step is not None else 1e-6
+    torch.testing.assert_close(grad, score, rtol=tol, atol=tol * 1e-2)
     div = sum(torch.autograd.grad(score[..., k].sum(), q, retain_graph=True)[0][..., k] for k in range(d))
     eps, fd = 1e-5, torch.zeros(1, 20, dtype=F64)
     with torch.no_grad():
