@@ -25,7 +25,6 @@ Run with ``OMP_NUM_THREADS=1`` on a shared machine; times are wall-clock seconds
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time

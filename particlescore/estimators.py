@@ -9,7 +9,7 @@ queries (torch) or run in numba kernels (``particlescore.kernels``), so memory i
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 
-from ._validation import as_particles
 
 __all__ = ["relative_score_mse", "log_density_mse"]
 

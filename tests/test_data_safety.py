@@ -6,7 +6,6 @@ import os
 import netCDF4
 import numpy as np
 import pytest
-import torch
 
 from particlescore.cli import main
 from particlescore.estimators import KDE, Blob
