@@ -22,7 +22,8 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from .candidates import Candidates, Mixture, elliptical_fits, evaluate_candidates, fit_mixture, loo_covariances, uses_fused_bank
+from .candidates import (Candidates, Mixture, elliptical_fits, evaluate_candidates, fit_mixture, loo_covariances,
+                         uses_fused_bank)
 from .model import DiScoFormerNet
 
 __all__ = ["AffineFrame", "EncodedContext", "WhitenedModel"]

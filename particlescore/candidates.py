@@ -668,8 +668,8 @@ def elliptical_candidate(fits: list[RadialFit], qry_w: torch.Tensor):
     queries, as the other candidates are (the consistency and score-matching losses need it)."""
     d = qry_w.shape[-1]
     scores, log_fs, descs = [], [], []
-    for fit in fits:
-        q64 = qry_w[len(scores)].double()                                    # (m, d)
+    for b, fit in enumerate(fits):
+        q64 = qry_w[b].double()                                              # (m, d)
         lf, sc = fit.evaluate(q64)                                           # (m,), (m, d)
         radius, r_q = fit.radius, q64.norm(dim=1)                            # (n,), (m,)
         gauss = -0.5 * r_q ** 2 - 0.5 * d * math.log(2 * math.pi)            # (m,) standard normal

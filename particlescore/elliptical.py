@@ -26,9 +26,10 @@ those).
 
 Cost: the pair sum runs over radii only; above ``grid`` context points they are linearly binned
 on a grid of ``grid`` radii (Wand 1994) and, for queries sorted by radius, only the bins within
-``8b`` of a query chunk are summed (terms beyond are below e^{-32} of the largest). Above ``grid``
-points the radial profile is also tabulated once and interpolated (:class:`RadialFit`), so a
-step of the solver (queries = the n particles) costs O(n) rather than O(n·grid).
+``8b`` of a query chunk are summed (terms beyond are below e^{-32} of the largest). From
+``TABLE_MIN_POINTS`` points on, the radial profile is also tabulated once and interpolated
+(:class:`RadialFit`), so a step of the solver (queries = the n particles) costs O(n·T) for T
+table nodes rather than O(n²) or O(n·grid).
 """
 from __future__ import annotations
 
@@ -48,9 +49,9 @@ QUERY_CHUNK = 1024
 #: contexts from this size on get a tabulated radial profile (RadialFit); below, the exact sum
 #: over m·n pairs is cheaper than the table's T·n
 TABLE_MIN_POINTS = 256
-#: table nodes per bandwidth: at spacing b/4 cubic interpolation errs by ≤ 1e-3 relative at any query
-#: and ~1e-9 in relative score MSE (the estimate's own error is ~1e-2), at a quarter of the exact
-#: sum's cost for n = m = 500 (DiScoFormer's candidate: 22 against 45 ms per call, d = 3)
+#: table nodes per bandwidth: at spacing b/4 cubic interpolation errs by ≤ 3.4e-3 relative at the
+#: particles and ~1e-9 in relative score MSE (the estimate's own error is ~1e-2); DiScoFormer's
+#: d = 3 call at n = 500 took 22 ms with it against 44 ms with exact sums
 NODES_PER_BANDWIDTH = 4
 #: floor of the radii's spread for a context whitened by the caller (whitened units; typical
 #: spreads are 0.4–0.7), so that tiny cells still get a bandwidth
@@ -131,12 +132,13 @@ class RadialFit:
     """The elliptical KDE of one context (n,d), fitted once (module docstring): the sample mean
     and covariance's Cholesky factor L, the bandwidth ``b``, and the (binned above ``grid``
     points) whitened radii. From ``TABLE_MIN_POINTS`` points on, the radial profile is also
-    tabulated on equally spaced radii up to the largest radius plus the summation window (spacing
-    ``b/4``, or coarser where that needs more than ``table`` nodes) and interpolated there
-    (:func:`_lagrange4`; queries beyond are summed exactly), so that m queries cost O(m) after an
-    O(n·T) fit. Interpolation errs by O((h/b)⁴): at most 1e-3 relative at a query and about
-    1e-9 in relative score MSE, far below the estimate's own error (tests/test_elliptical.py). ``whiten=False``: the context is already whitened (μ = 0, L = I),
-    as DiScoFormer's frame leaves it; two points suffice then."""
+    tabulated on equally spaced radii up to the largest radius (spacing ``b/4``, or coarser where
+    that needs more than ``table`` nodes) and interpolated there (:func:`_lagrange4`; queries
+    beyond are summed exactly), so that m queries cost O(m) after an O(n·T) fit. Interpolation
+    errs by O((h/b)⁴): at most 3.4e-3 relative at the particles and about 1e-9 in relative score
+    MSE, far below the estimate's own error (tests/test_elliptical.py). ``whiten=False``: the
+    context is already whitened (μ = 0, L = I), as DiScoFormer's frame leaves it; two points
+    suffice then, and no triangular solves are done."""
 
     def __init__(self, context: torch.Tensor, bandwidth_factor: float = 1.4, *, grid: int = 1024,
                  table: int = 4096, whiten: bool = True):
@@ -152,8 +154,7 @@ class RadialFit:
             self.chol = chol
         else:   # the caller whitened it (DiScoFormer's candidate): μ = 0, L = I
             check_min_particles(context, 2, "for a radial bandwidth")
-            self.mean = torch.zeros(d, dtype=context.dtype, device=context.device)
-            self.chol = torch.eye(d, dtype=context.dtype, device=context.device)
+            self.mean = self.chol = None
         self.radius = self.whiten(context).norm(dim=1)                       # (n,) whitened radii
         spread = float(self.radius.std())
         if not whiten:   # d + 1 whitened points form a regular simplex: equal radii, spread 0
@@ -171,7 +172,9 @@ class RadialFit:
             self.table_log_f, self.table_factor = self._exact(nodes)        # (T,), (T,)
 
     def whiten(self, x: torch.Tensor) -> torch.Tensor:
-        """``L⁻¹(x − μ)`` of points (m,d)."""
+        """``L⁻¹(x − μ)`` of points (m,d) (x itself for a context whitened by the caller)."""
+        if self.chol is None:
+            return x
         return torch.linalg.solve_triangular(self.chol, (x - self.mean).T, upper=False).T
 
     def _exact(self, rq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,10 +203,11 @@ class RadialFit:
         one and the radius lies within it, else exact."""
         if self.table_step is None:
             return self._exact(rq)
+        last = len(self.table_log_f) - 1
         pos = rq / self.table_step                                           # (m,)
-        inside = pos <= len(self.table_log_f) - 1
-        log_f = _lagrange4(self.table_log_f, pos.clamp(max=len(self.table_log_f) - 1))  # (m,)
-        factor = _lagrange4(self.table_factor, pos.clamp(max=len(self.table_log_f) - 1))  # (m,)
+        inside = pos <= last
+        log_f = _lagrange4(self.table_log_f, pos.clamp(max=last))            # (m,)
+        factor = _lagrange4(self.table_factor, pos.clamp(max=last))          # (m,)
         if not bool(inside.all()):
             log_f[~inside], factor[~inside] = self._exact(rq[~inside])
         return log_f, factor
@@ -216,6 +220,8 @@ class RadialFit:
     def evaluate(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``log f`` (m,) and ``∇ log f = L⁻ᵀ ∇_w log f̂`` (m,d) at queries (m,d)."""
         log_f, score_w = self.evaluate_whitened(self.whiten(queries))        # (m,), (m, d)
+        if self.chol is None:
+            return log_f, score_w
         score = torch.linalg.solve_triangular(self.chol.T, score_w.T, upper=True).T  # (m, d)
         return log_f - torch.log(self.chol.diagonal()).sum(), score
 
