@@ -93,6 +93,7 @@ class EncodedContext(NamedTuple):
     bank_mask: torch.Tensor | None = None   # (B, P_b) and
     bank_counts: list | None = None         # per element, of a padded bank_w
     ellipticals: list | None = None     # B RadialFits of the whole whitened context (elliptical candidate)
+    n_points: list | None = None        # all valid context points per element, also when subsampled
 
 
 def context_radius(ctx_w: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -160,8 +161,9 @@ class WhitenedModel(nn.Module):
             bank_w = ctx_w[:, bank_subsample]                                # (B, P_b, d)
         if subsample is not None:
             ctx_w = ctx_w[:, subsample]                                      # (B, P, d)
+        n_points = counts if counts is not None else [context.shape[1]] * context.shape[0]
         return EncodedContext(frame, ctx_w, self.net.encode_context(ctx_w, mask), mixture, mask, counts, radius,
-                              bank_w, ellipticals=ellipticals)
+                              bank_w, ellipticals=ellipticals, n_points=n_points)
 
     def fit_mixture(self, ctx_w: torch.Tensor, frame: AffineFrame, mask: torch.Tensor | None = None,
                     fitter=None) -> Mixture | None:
@@ -188,7 +190,9 @@ class WhitenedModel(nn.Module):
     def decode_whitened(self, enc: EncodedContext, qry_w: torch.Tensor):
         """Whitened log-density (B,m) and score (B,m,d) at whitened queries (B,m,d)."""
         cand = self.candidates(enc, qry_w)
-        log_w, score_w = self.net(qry_w, enc.layers, cand, enc.mask, enc.counts, ctx_w=enc.ctx_w)
+        # log n of every point (config.log_n_all_points), not of the attention's subsample
+        counts = enc.n_points if self.net.config.log_n_all_points and enc.n_points is not None else enc.counts
+        log_w, score_w = self.net(qry_w, enc.layers, cand, enc.mask, counts, ctx_w=enc.ctx_w)
         return self.far_field(enc, qry_w, cand, log_w, score_w, self.net.config.mixture_index)
 
     @staticmethod
@@ -233,5 +237,8 @@ class WhitenedModel(nn.Module):
             scores.append(score)                                             # (B, c, d)
         return torch.cat(logs, 1), torch.cat(scores, 1)
 
-    def forward(self, context: torch.Tensor, queries: torch.Tensor, chunk: int | None = None):
-        return self.predict(self.encode(context), queries, chunk)
+    def forward(self, context: torch.Tensor, queries: torch.Tensor, chunk: int | None = None, *,
+                subsample: torch.Tensor | None = None, bank_subsample: torch.Tensor | None = None, fitter=None):
+        """``predict(encode(context, ...), queries)``; the keywords are :meth:`encode`'s."""
+        return self.predict(self.encode(context, fitter=fitter, subsample=subsample, bank_subsample=bank_subsample),
+                            queries, chunk)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .distributions import _mixture_terms
-from .elliptical import RadialFit
+from .elliptical import N_SPHERICITY, RadialFit
 
 __all__ = ["Candidates", "Mixture", "N_DESCRIPTORS", "kernel_bank", "kernel_bank_torch", "fit_mixture", "refit_mixture", "reframe_mixture",
            "mixture_candidate", "evaluate_candidates", "elliptical_fits", "elliptical_candidate"]
@@ -43,7 +43,7 @@ class Candidates(NamedTuple):
     """Candidate estimates at m queries (whitened units)."""
     score: torch.Tensor        # (B, m, K, d)
     log_density: torch.Tensor  # (B, m, K)
-    descriptors: torch.Tensor  # (B, m, K·N_DESCRIPTORS)
+    descriptors: torch.Tensor  # (B, m, K·N_DESCRIPTORS), then N_SPHERICITY context features if configured
 
 
 # --------------------------------------------------------------------------- kernel bank
@@ -625,7 +625,9 @@ def evaluate_candidates(config, ctx_w: torch.Tensor, mixture: Mixture | None, qr
                         ellipticals: list[RadialFit] | None = None) -> Candidates:
     """The bank at ``config.kde_bandwidths`` then ``config.local_bandwidths`` (times the Scott
     factor), then the mixture if fitted, then the elliptical KDE if the config has it (the fits
-    ``ellipticals``, else fitted to ``ctx_w`` here): K candidates at ``qry_w`` (B,m,d).
+    ``ellipticals``, else fitted to ``ctx_w`` here): K candidates at ``qry_w`` (B,m,d). With
+    ``config.shape_features`` the descriptors end with each context's ``N_SPHERICITY`` sphericity
+    statistics (``RadialFit.sphericity``, the same for every query of a context).
     ``counts``/``mask``: padded batch (see :func:`kernel_bank`)."""
     cand_s, cand_l, desc = kernel_bank(ctx_w, qry_w, list(config.kde_bandwidths), list(config.local_bandwidths),
                                        config.local_ridge, counts, mask)
@@ -641,6 +643,9 @@ def evaluate_candidates(config, ctx_w: torch.Tensor, mixture: Mixture | None, qr
         cand_s = torch.cat([cand_s, ell_s[..., None, :]], -2)                # (B, m, K, d)
         cand_l = torch.cat([cand_l, ell_l[..., None]], -1)                   # (B, m, K)
         desc = torch.cat([desc, ell_desc], -1)                               # (B, m, K·N_DESCRIPTORS)
+        if config.shape_features:
+            shape = torch.stack([fit.sphericity for fit in ellipticals]).to(desc.dtype)  # (B, N_SPHERICITY)
+            desc = torch.cat([desc, shape[:, None].expand(-1, desc.shape[1], -1)], -1)  # (B, m, K·3 + N_SPHERICITY)
     return Candidates(cand_s, cand_l, desc)
 
 

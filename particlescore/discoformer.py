@@ -488,17 +488,12 @@ class DiScoFormer(ScoreEstimator):
 
     def context_size(self, n: int, m: int) -> int:
         """Points the bank and attention see for n context points and m queries (module docstring)."""
-        if self.max_context is None or n * m <= self.max_pairs:
-            return n
-        return min(n, max(self.max_context, self.max_pairs // m))
+        return context_sizes(n, m, self.max_context, self.max_pairs, self.bank_growth)[0]
 
     def bank_context_size(self, n: int, m: int) -> int:
         """Points the kernel bank sees: ``P_b = min(n, ⌊P·(n/P)^γ⌋)``, P = :meth:`context_size`,
         γ = ``bank_growth`` (module docstring)."""
-        size = self.context_size(n, m)
-        if size >= n:
-            return n
-        return min(n, max(size, int(size * (n / size) ** self.bank_growth)))
+        return context_sizes(n, m, self.max_context, self.max_pairs, self.bank_growth)[1]
 
     def _prepare(self, x: torch.Tensor, m: int | None = None) -> EncodedContext:
         """The context (n,d) whitened and encoded as a batch of one for m queries (default n):
@@ -517,14 +512,9 @@ class DiScoFormer(ScoreEstimator):
         return enc
 
     def _subsamples(self, n: int, m: int, generator: torch.Generator):
-        """Indices of the attention's and the bank's points among n for m queries: the first
-        :meth:`context_size` and :meth:`bank_context_size` of one random order (nested), each None
-        where it is every point or (the bank's) the attention's."""
-        size, bank_size = self.context_size(n, m), self.bank_context_size(n, m)
-        if size >= n:
-            return None, None
-        order = torch.randperm(n, generator=generator)
-        return order[:size], (order[:bank_size] if bank_size > size else None)
+        """Indices of the attention's and the bank's points among n for m queries
+        (:func:`bounded_subsamples`)."""
+        return bounded_subsamples(n, m, generator, self.max_context, self.max_pairs, self.bank_growth)
 
     def _warm_search(self, ctx_w: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[Mixture, torch.Tensor]:
         """A warm start's split/BIC search (stopped by ``search_patience``) on whitened contexts
@@ -816,7 +806,7 @@ class DiScoFormer(ScoreEstimator):
             bank_args = (bank, bank_mask, bank_sizes)
         ellipticals = elliptical_fits(ctx_w, counts, mask) if c.elliptical_candidate else None
         return EncodedContext(frame, sub, self.net.encode_context(sub, sub_mask), mixture, sub_mask, sizes,
-                              context_radius(ctx_w, mask), *bank_args, ellipticals=ellipticals)
+                              context_radius(ctx_w, mask), *bank_args, ellipticals=ellipticals, n_points=list(counts))
 
     #: float32 entries of one attention block (G cells × heads × n × n) in evaluate_cells (128 MiB)
     _CELL_BLOCK = 2 ** 25
@@ -955,6 +945,31 @@ class DiScoFormer(ScoreEstimator):
         if self.moment_projection and queries is context:
             score = project_score(context, score)                            # (n, d) Stein on the particles
         return log_f[0].to(context.dtype), score
+
+
+def context_sizes(n: int, m: int, max_context: int | None = 2048, max_pairs: int = 2 ** 23,
+                  bank_growth: float = 0.2) -> tuple[int, int]:
+    """``(P, P_b)``: the points the attention and the kernel bank see for n context points and m
+    queries (module docstring, "Bounded cost"): all n while ``n·m ≤ max_pairs``, else
+    ``P = min(n, max(max_context, max_pairs // m))`` and ``P_b = min(n, ⌊P·(n/P)^γ⌋)``, γ = ``bank_growth``."""
+    if max_context is None or n * m <= max_pairs:
+        return n, n
+    size = min(n, max(max_context, max_pairs // m))
+    if size >= n:
+        return n, n
+    return size, min(n, max(size, int(size * (n / size) ** bank_growth)))
+
+
+def bounded_subsamples(n: int, m: int, generator: torch.Generator, max_context: int | None = 2048,
+                       max_pairs: int = 2 ** 23, bank_growth: float = 0.2):
+    """Indices of the attention's and the bank's points among n for m queries: the first ``P``
+    and ``P_b`` (:func:`context_sizes`) of one random order (nested), each None where it is every
+    point or (the bank's) the attention's. Training draws them the same way (``--solver-regime-above``)."""
+    size, bank_size = context_sizes(n, m, max_context, max_pairs, bank_growth)
+    if size >= n:
+        return None, None
+    order = torch.randperm(n, generator=generator)
+    return order[:size], (order[:bank_size] if bank_size > size else None)
 
 
 def _pretrained_for(network: str):

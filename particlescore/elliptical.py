@@ -42,7 +42,7 @@ from . import registry
 from ._validation import check_min_particles
 from .estimators import ScoreEstimator, _sample_covariance
 
-__all__ = ["EllipticalKDE", "RadialFit", "log_sphere_average"]
+__all__ = ["EllipticalKDE", "RadialFit", "log_sphere_average", "sphericity_statistics", "N_SPHERICITY"]
 
 #: queries per chunk of the radial pair sum
 QUERY_CHUNK = 1024
@@ -58,6 +58,40 @@ NODES_PER_BANDWIDTH = 4
 MIN_SPREAD = 0.05
 #: half-width of the summed radius window, in bandwidths (terms beyond: below e^{-32} of the largest)
 WINDOW = 8.0
+
+
+#: how many numbers :func:`sphericity_statistics` returns
+N_SPHERICITY = 4
+
+
+def sphericity_statistics(w: torch.Tensor) -> torch.Tensor:
+    """How far whitened points ``w`` (n,d) (mean 0, covariance I) are from a spherically
+    symmetric law, whose directions ``u = w/|w|`` are uniform and independent of the radius:
+    ``log(1 + T)/5`` (4,) for four statistics T normalised to be about 1 under symmetry,
+
+        T₁ = n|ū|²,  T₂ = n‖⟨uuᵀ⟩ − I/d‖²_F/(1 − 1/d),
+        T₃ = n‖⟨ℓ̃·(uuᵀ − I/d)⟩‖²_F/((1 − 1/d)·var ℓ),  T₄ = n|⟨ℓ̃·u⟩|²/var ℓ,
+
+    ``⟨·⟩`` the mean over the points, ``ℓ = log|w|``, ``ℓ̃ = ℓ − ⟨ℓ⟩`` (E u = 0, Cov u = I/d and
+    E‖uuᵀ − I/d‖²_F = 1 − 1/d for uniform u). For a mixture or a skewed law they grow like n;
+    for an elliptical law (Gaussian, Student-t, BKW) they stay O(1) at every n, so a network can
+    read from them whether the elliptical candidate is the right model. With tails so heavy that
+    the sample covariance converges slowly (Student-t, ν ≤ 4) the whitened cloud is not yet
+    spherical and T₂ grows too (d = 2, ν = 3: about 40 at n = 20000); so does the misfit of the
+    elliptical candidate, which uses the same whitening. O(n·d²)."""
+    n, d = w.shape
+    r = w.norm(dim=1).clamp_min(1e-12)                                      # (n,)
+    u = w / r[:, None]                                                       # (n, d) directions
+    ell = torch.log(r)                                                       # (n,)
+    ell = ell - ell.mean()                                                   # (n,) ℓ̃
+    var_ell = float((ell * ell).mean()) + 1e-12
+    off = max(1.0 - 1.0 / d, 1e-12)
+    eye = torch.eye(d, dtype=w.dtype, device=w.device) / d                   # (d, d)
+    t1 = n * (u.mean(0) ** 2).sum()
+    t2 = n * ((u.T @ u / n - eye) ** 2).sum() / off
+    t3 = n * ((((ell[:, None] * u).T @ u) / n - ell.mean() * eye) ** 2).sum() / (off * var_ell)
+    t4 = n * ((ell[:, None] * u).mean(0) ** 2).sum() / var_ell
+    return torch.log1p(torch.stack([t1, t2, t3, t4])) / 5                   # (4,)
 
 
 def log_sphere_average(x: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,7 +189,9 @@ class RadialFit:
         else:   # the caller whitened it (DiScoFormer's candidate): μ = 0, L = I
             check_min_particles(context, 2, "for a radial bandwidth")
             self.mean = self.chol = None
-        self.radius = self.whiten(context).norm(dim=1)                       # (n,) whitened radii
+        white = self.whiten(context)                                         # (n, d)
+        self.radius = white.norm(dim=1)                                      # (n,) whitened radii
+        self.sphericity = sphericity_statistics(white)                       # (4,) DiScoFormer's shape features
         spread = float(self.radius.std())
         if not whiten:   # d + 1 whitened points form a regular simplex: equal radii, spread 0
             spread = max(spread, MIN_SPREAD)

@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .candidates import N_DESCRIPTORS, Candidates
+from .candidates import N_DESCRIPTORS, N_SPHERICITY, Candidates
 
 __all__ = ["DiScoFormerConfig", "DiScoFormerNet", "EquivariantDiScoFormerNet", "HeadLayout", "N_DESCRIPTORS",
            "build_network"]
@@ -63,7 +63,15 @@ class DiScoFormerConfig:
     mixture_unbiased: bool = False             # unbiased precisions N/(N − d − 2) (candidates.fit_mixture)
     mixture_loo_covariances: bool = False      # covariances re-estimated by leave-one-out shrinkage (candidates.loo_covariances)
     elliptical_candidate: bool = False         # one more candidate, the elliptical KDE of the context (particlescore.elliptical), last
+    shape_features: bool = False               # the context's sphericity statistics join each query's features (needs elliptical_candidate)
+    log_n_all_points: bool = False             # the queries' log n counts every context point, also when the attention sees a subsample
     max_dim: int = 0                           # dim = 0 only: the largest d it was trained and checked for
+
+    def __post_init__(self):
+        if self.shape_features and not self.elliptical_candidate:
+            raise ValueError("shape_features needs elliptical_candidate (the sphericity statistics come with its fit)")
+        if self.log_n_all_points and self.dim == 0:
+            raise ValueError("log_n_all_points is for the per-dimension network (the any-d one sets its kernels from n)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,6 +93,11 @@ class DiScoFormerConfig:
         """K: the kernel bank's bandwidths, plus one for the mixture, plus one for the elliptical KDE."""
         return (len(self.kde_bandwidths) + len(self.local_bandwidths) + (1 if self.mixture_components else 0)
                 + (1 if self.elliptical_candidate else 0))
+
+    @property
+    def n_query_descriptors(self) -> int:
+        """Descriptors per query: K·N_DESCRIPTORS, then the N_SPHERICITY shape features if configured."""
+        return self.n_candidates * N_DESCRIPTORS + (N_SPHERICITY if self.shape_features else 0)
 
     @property
     def mixture_index(self) -> int:
@@ -168,7 +181,7 @@ class DiScoFormerNet(nn.Module):
         K = c.n_candidates
         self.layout = HeadLayout(K, c.dim)
         self.embed_ctx = nn.Linear(c.dim + 1, c.width)
-        self.embed_qry = nn.Linear(c.dim + 2 + K * N_DESCRIPTORS, c.width)
+        self.embed_qry = nn.Linear(c.dim + 2 + c.n_query_descriptors, c.width)
         self.ctx_blocks = nn.ModuleList([Block(c.width, c.n_heads, c.mlp_ratio, cross=False) for _ in range(c.n_layers)])
         self.qry_blocks = nn.ModuleList([Block(c.width, c.n_heads, c.mlp_ratio, cross=True) for _ in range(c.n_layers)])
         self.ln_out = nn.LayerNorm(c.width)
@@ -215,7 +228,7 @@ class DiScoFormerNet(nn.Module):
         # log n / 10: O(1) for n = 10…10⁵, like the other inputs
         log_n = torch.tensor([math.log(k) / 10 for k in counts], dtype=torch.float64, device=qry_w.device)
         log_n = log_n.to(qry_w.dtype)[:, None, None].expand(B, qry_w.shape[1], 1)  # (B, m, 1)
-        feats = torch.cat([qry_w, (qry_w * qry_w).sum(-1, keepdim=True) / d, log_n, cand.descriptors], -1)  # (B, m, d+2+K·3)
+        feats = torch.cat([qry_w, (qry_w * qry_w).sum(-1, keepdim=True) / d, log_n, cand.descriptors], -1)  # (B, m, d+2+K·3[+4])
         tokens = self.embed_qry(feats)                                       # (B, m, W)
         for block, source in zip(self.qry_blocks, layers):
             tokens = block(tokens, source, mask)                             # (B, m, W)
@@ -296,7 +309,7 @@ class EquivariantDiScoFormerNet(nn.Module):
         # per-head bandwidths c·n^{-1/(d+4)}, spread over the KDE bank's range at the start
         log_c = torch.linspace(math.log(0.5), math.log(4.0), H)
         self.embed_ctx = nn.Linear(3, c.width)
-        self.embed_qry = nn.Linear(3 + K * N_DESCRIPTORS, c.width)
+        self.embed_qry = nn.Linear(3 + c.n_query_descriptors, c.width)
         self.ctx_blocks = nn.ModuleList([KernelBlock(c.width, H, c.mlp_ratio, False, log_c) for _ in range(c.n_layers)])
         self.qry_blocks = nn.ModuleList([KernelBlock(c.width, H, c.mlp_ratio, True, log_c) for _ in range(c.n_layers)])
         self.ln_out = nn.LayerNorm(c.width)

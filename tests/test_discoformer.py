@@ -625,3 +625,41 @@ def test_far_field_hands_queries_beyond_the_context_to_the_mixture():
     assert float(far) < -27
     score = est(x, far)[1]
     assert abs(float(score[0, 0]) - float(law.score(far)[0, 0])) < 5.0
+
+
+def test_log_n_of_all_points_reaches_the_queries_when_the_attention_is_subsampled(tmp_path):
+    """``log_n_all_points``: the queries' ``log n`` counts every context point. Without a
+    subsample the flag changes nothing (bitwise); with one, the flagged network answers as the
+    unflagged one does when told n instead of the subsample's P. Single and padded cell calls
+    agree. The any-d network refuses the flag. A training run in the solver regime
+    (``--solver-regime-above``, ``--search-patience``, ``--log-n-all-points``) writes a file with the flag."""
+    from particlescore.affine import WhitenedModel
+    from particlescore.discoformer import bounded_subsamples
+    plain = random_net(2, mixture_components=3).net
+    flagged = DiScoFormerNet(DiScoFormerConfig(dim=2, mixture_components=3, log_n_all_points=True)).double()
+    flagged.load_state_dict(plain.state_dict())
+    x, y = gmm_data(2, n=600, m=40)
+    with torch.no_grad():
+        for a, b in zip(WhitenedModel(plain)(x[None], y[None]), WhitenedModel(flagged)(x[None], y[None])):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        sub, bank = bounded_subsamples(600, 600, torch.Generator().manual_seed(0), max_context=100, max_pairs=10_000)
+        assert len(sub) == 100 and len(bank) > 100
+        enc = WhitenedModel(flagged).encode(x[None], subsample=sub, bank_subsample=bank)
+        assert enc.n_points == [600] and enc.ctx_w.shape[1] == 100
+        out = WhitenedModel(flagged).decode_whitened(enc, enc.frame.whiten(y[None]))
+        told = WhitenedModel(plain).decode_whitened(enc._replace(counts=[600]), enc.frame.whiten(y[None]))
+        untold = WhitenedModel(plain).decode_whitened(enc, enc.frame.whiten(y[None]))
+    torch.testing.assert_close(out[1], told[1], rtol=0, atol=0)
+    assert not torch.allclose(out[1], untold[1])
+    with pytest.raises(ValueError, match="log_n_all_points"):
+        DiScoFormerConfig(dim=0, max_dim=4, log_n_all_points=True)
+    out_file = tmp_path / "w.safetensors"
+    cmd = [sys.executable, "-m", "particlescore.training", "--dim", "2", "--steps", "2", "--batch", "2",
+           "--n-min", "3000", "--n-max", "3000", "--queries", "16", "--width", "16", "--mixture-components", "3",
+           "--log-n-all-points", "--solver-regime-above", "2896", "--search-patience", "1",   # 3000² > 2²³: subsampled
+           "--eval-mixtures", "1", "--eval-sizes", "64", "--threads", "1",
+           "--run-dir", str(tmp_path), "--out", str(out_file), "--no-progress"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert load_weights(out_file)[0].config.log_n_all_points

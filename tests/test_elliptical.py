@@ -233,3 +233,75 @@ def test_elliptical_candidate_is_differentiable_in_the_queries(d, n):
             step[k] = eps
             fd += (elliptical_candidate(fits, q + step)[0][..., k] - elliptical_candidate(fits, q - step)[0][..., k]) / (2 * eps)
     torch.testing.assert_close(div, fd, rtol=1e-6, atol=1e-6)
+
+
+def _whitened(x):
+    x = x - x.mean(0)
+    chol = torch.linalg.cholesky(x.T @ x / (len(x) - 1))
+    return torch.linalg.solve_triangular(chol, x.T, upper=False).T
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_sphericity_statistics_tell_elliptical_laws_from_mixtures(d):
+    """``sphericity_statistics`` returns ``log(1 + T)/5`` for four statistics normalised to mean
+    ≈ 1 under spherical symmetry. On whitened Gaussian and Student-t (ν = 8) samples every T stays
+    below 12 at n = 500 and n = 20000 (under symmetry each is about a χ²_k/k with k ≤ 5, whose
+    99.99 % quantile is below 6; seeds are fixed, so the bound has slack, not luck); on two
+    Gaussians 6σ apart the shape statistics T₂, T₃ exceed 100 at n = 20000 and grow in proportion
+    to n (ratio > 20 for 40x the points). Exactly invariant under rotations and permutations."""
+    from particlescore.elliptical import sphericity_statistics
+
+    def stats(x):
+        return torch.expm1(5 * sphericity_statistics(_whitened(x)))
+
+    g = torch.Generator().manual_seed(11)
+    shift = torch.zeros(d, dtype=F64)
+    shift[0] = 3.0
+    spread = {}
+    for n in (500, 20_000):
+        gauss = torch.randn(n, d, generator=g, dtype=F64) @ torch.randn(d, d, generator=g, dtype=F64)
+        chi2 = 2 * torch._standard_gamma(torch.full((n, 1), 4.0, dtype=F64), generator=g)
+        student = torch.randn(n, d, generator=g, dtype=F64) / torch.sqrt(chi2 / 8)
+        for x in (gauss, student):
+            assert (stats(x) < 12).all(), stats(x)
+        z = torch.randn(n, d, generator=g, dtype=F64)
+        two = torch.where((torch.arange(n) % 2 == 0)[:, None], z + shift, z - shift)
+        spread[n] = stats(two)
+    assert (spread[20_000][1:3] > 100).all(), spread
+    assert (spread[20_000][1:3] / spread[500][1:3] > 20).all(), spread
+    w = _whitened(torch.randn(700, d, generator=g, dtype=F64) ** 2)        # a skewed law
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=F64))
+    perm = torch.randperm(700, generator=g)
+    torch.testing.assert_close(sphericity_statistics(w[perm] @ q.T), sphericity_statistics(w), rtol=1e-10, atol=1e-12)
+
+
+def test_shape_features_start_silent_and_enter_the_query_features():
+    """``--add-shape-features`` (training ``transplant``) grows a trained network by the context's
+    sphericity statistics with zero input weights: it answers exactly as before. The features
+    reach the queries (a non-zero input weight changes the output), each padded element gets its
+    own context's, and a config that asks for them without the elliptical candidate is refused."""
+    from particlescore.candidates import evaluate_candidates, elliptical_fits
+    from particlescore.discoformer import load_weights
+    from particlescore.model import DiScoFormerConfig, build_network
+    from particlescore.training.train import transplant
+    old, _ = load_weights(ps.discoformer.weights_path(2))
+    assert old.config.elliptical_candidate and not old.config.shape_features
+    config = DiScoFormerConfig.from_dict({**old.config.to_dict(), "shape_features": True})
+    new = build_network(config)
+    transplant(old, new, 0.0)
+    x = _anisotropic_gaussian(600, 2, seed=4)[:, :2]
+    y = torch.cat([x[:40], 3 * x[:10]])
+    for a, b in zip(ps.DiScoFormer(old)(x, y), ps.DiScoFormer(new)(x, y)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with torch.no_grad():
+        new.embed_qry.weight[:, -1] += 0.5
+    assert not torch.equal(ps.DiScoFormer(old)(x, y)[1], ps.DiScoFormer(new)(x, y)[1])
+    ctx = torch.stack([x[:300], torch.cat([x[300:400], torch.zeros(200, 2, dtype=F64)])])
+    mask = torch.arange(300)[None] < torch.tensor([[300], [100]])
+    cand = evaluate_candidates(config, ctx, None, ctx[:, :20], [300, 100], mask,
+                               elliptical_fits(ctx, [300, 100], mask))
+    alone = evaluate_candidates(config, ctx[1:, :100], None, ctx[1:, :20])
+    assert cand.descriptors.shape[-1] == config.n_query_descriptors - 3    # no mixture candidate passed
+    torch.testing.assert_close(cand.descriptors[1, :, -4:], alone.descriptors[0, :, -4:])
+    with pytest.raises(ValueError, match="elliptical"):
+        DiScoFormerConfig(dim=2, shape_features=True)

@@ -31,7 +31,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from particlescore import __version__
-from particlescore.discoformer import DiScoFormer, file_sha256, load_weights, save_weights
+from particlescore.candidates import fit_mixture
+from particlescore.discoformer import DiScoFormer, bounded_subsamples, file_sha256, load_weights, save_weights
 from particlescore.estimators import KDE
 from particlescore.affine import WhitenedModel
 from particlescore.model import DiScoFormerConfig, DiScoFormerNet, build_network
@@ -83,6 +84,18 @@ def parse_args(argv=None):
                    help="initial gate of the added candidate (--init-from)")
     p.add_argument("--add-elliptical", action="store_true",
                    help="with --init-from: the network of those weights plus the elliptical KDE candidate")
+    p.add_argument("--add-shape-features", action="store_true",
+                   help="with --init-from: the network of those weights plus the context's sphericity statistics "
+                        "as query features (their input weights start at zero)")
+    p.add_argument("--log-n-all-points", action="store_true",
+                   help="the network's log n counts every context point, also where the attention sees a subsample "
+                        "(sets the config flag; with --finetune-from or --init-from)")
+    p.add_argument("--solver-regime-above", type=int, default=0,
+                   help="steps with more context points than this see them as a solver call does: attention and "
+                        "kernel bank on the estimator's seeded subsamples for m = n queries (0: never)")
+    p.add_argument("--search-patience", type=int, default=0,
+                   help="stop the mixture's split/BIC search once BIC has not improved for this many K "
+                        "(0: full search, as a cold call)")
     p.add_argument("--finetune-from", type=Path, default=None,
                    help="continue training these weights (their config; the size and mixture options are ignored)")
     p.add_argument("--families", nargs="+", default=["gmm:1"], metavar="NAME:WEIGHT",
@@ -118,16 +131,30 @@ def step_dim(step: int, args) -> int:
 
 
 def transplant(old: DiScoFormerNet, new: DiScoFormerNet, mixture_bias: float) -> None:
-    """Start ``new`` from trained ``old`` weights when ``new`` only adds the mixture candidate:
-    matching tensors are copied, the new descriptor inputs start at zero, and the mixture's
-    score and log-density gates start at ``mixture_bias`` (so it dominates at first)."""
+    """Start ``new`` from trained ``old`` weights when ``new`` only adds the mixture candidate (or
+    the elliptical one): matching tensors are copied, the new descriptor inputs start at zero, and
+    the new candidate's score and log-density gates start at ``mixture_bias``. When ``new`` only
+    adds the shape features, everything is copied and their input weights start at zero, so the
+    new network computes exactly what the old one did."""
     k_old, k_new = old.n_candidates, new.n_candidates
     adds_mixture = bool(new.config.mixture_components) and not old.config.mixture_components
     adds_elliptical = new.config.elliptical_candidate and not old.config.elliptical_candidate
-    if (k_new != k_old + 1 or adds_mixture == adds_elliptical
-            or old.config.dim != new.config.dim or old.config.width != new.config.width):
+    adds_shape = new.config.shape_features and not old.config.shape_features
+    if old.config.dim != new.config.dim or old.config.width != new.config.width:
+        raise SystemExit("--init-from: the new network must have the old one's dim and width")
+    if adds_shape and k_new == k_old and not (adds_mixture or adds_elliptical):
+        new_state = new.state_dict()
+        for name, value in old.state_dict().items():
+            if name == "embed_qry.weight":
+                new_state[name].zero_()
+                new_state[name][:, :value.shape[1]] = value
+            else:
+                new_state[name].copy_(value)
+        new.load_state_dict(new_state)
+        return
+    if k_new != k_old + 1 or adds_mixture == adds_elliptical or adds_shape:
         raise SystemExit("--init-from: the new config must equal the old one plus the mixture candidate "
-                         "(or plus the elliptical candidate)")
+                         "(or plus the elliptical candidate, or plus the shape features)")
     old_state, new_state = old.state_dict(), new.state_dict()
     for name, value in old_state.items():
         if name not in new_state:
@@ -157,8 +184,8 @@ def learning_rate(step: int, args) -> float:
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def batch_loss(net, batch, alpha: float):
-    log_f, score = net(batch.context, batch.queries)                          # (B, m), (B, m, d)
+def batch_loss(net, batch, alpha: float, **encode):
+    log_f, score = net(batch.context, batch.queries, **encode)                # (B, m), (B, m, d)
     rel_score = ((score - batch.score) ** 2).sum((1, 2)) / (batch.score ** 2).sum((1, 2))  # (B,)
     log_err = F.huber_loss(log_f, batch.log_density, reduction="none", delta=1.0).mean(1)  # (B,)
     return (alpha * log_err + (1 - alpha) * rel_score).mean(), rel_score.mean().detach(), log_err.mean().detach()
@@ -197,11 +224,18 @@ def main(argv=None) -> int:
             raise SystemExit("--add-elliptical needs --init-from (the weights it extends)")
         config = DiScoFormerConfig.from_dict({**load_weights(args.init_from)[0].config.to_dict(),
                                               "elliptical_candidate": True})
+    if args.add_shape_features:
+        if args.init_from is None or args.add_elliptical:
+            raise SystemExit("--add-shape-features needs --init-from weights that have the elliptical candidate")
+        config = DiScoFormerConfig.from_dict({**load_weights(args.init_from)[0].config.to_dict(),
+                                              "shape_features": True})
     if args.finetune_from is not None:
         start_net, start_meta = load_weights(args.finetune_from)
         if start_net.config.dim != args.dim:
             raise SystemExit(f"--finetune-from: those weights are for dim {start_net.config.dim}, not --dim {args.dim}")
         config = start_net.config
+    if args.log_n_all_points:
+        config = DiScoFormerConfig.from_dict({**config.to_dict(), "log_n_all_points": True})
     net = build_network(config)
     if args.finetune_from is not None and not args.resume:
         net.load_state_dict(start_net.state_dict())
@@ -252,7 +286,15 @@ def main(argv=None) -> int:
                            families=args.families)
         batch.context, batch.queries = batch.context.to(device), batch.queries.to(device)
         batch.log_density, batch.score = batch.log_density.to(device), batch.score.to(device)
-        loss, rel_score, log_err = batch_loss(model, batch, args.alpha)
+        encode = {}
+        if args.search_patience and config.mixture_components:
+            encode["fitter"] = lambda ctx_w, frame: fit_mixture(
+                ctx_w, config.mixture_components, config.mixture_iters, config.mixture_shrink, config.mixture_ridge,
+                tied=config.mixture_tied, unbiased=config.mixture_unbiased, patience=args.search_patience)
+        if args.solver_regime_above and n > args.solver_regime_above:   # as DiScoFormer._prepare for m = n
+            encode["subsample"], encode["bank_subsample"] = bounded_subsamples(
+                n, n, step_generator(args.seed, 30_000, step))
+        loss, rel_score, log_err = batch_loss(model, batch, args.alpha, **encode)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), args.clip)
