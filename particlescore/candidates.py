@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .distributions import _mixture_terms
 from .elliptical import N_SPHERICITY, RadialFit
 
-__all__ = ["Candidates", "Mixture", "N_DESCRIPTORS", "kernel_bank", "kernel_bank_torch", "fit_mixture", "refit_mixture", "reframe_mixture",
+__all__ = ["Candidates", "Mixture", "N_DESCRIPTORS", "N_SPHERICITY", "kernel_bank", "kernel_bank_torch", "fit_mixture", "refit_mixture", "reframe_mixture",
            "mixture_candidate", "evaluate_candidates", "elliptical_fits", "elliptical_candidate"]
 
 #: Descriptors per candidate, in the order they are appended.

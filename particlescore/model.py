@@ -8,8 +8,12 @@ candidate estimates it gates over. Here:
 1. Context stream. Tokens ``embed([w, ‖w‖²/d])`` pass ``n_layers`` pre-norm self-attention
    blocks without positional encodings (permutation equivariant).
 2. Query stream. Each query's token embeds its coordinates, ``‖w‖²/d``, ``log n / 10`` and the
-   candidates' descriptors, then cross-attends to the context tokens of the matching layer
-   only, so queries never influence each other.
+   candidates' descriptors (with ``shape_features``, also four statistics of how far the whole
+   whitened context is from spherical symmetry, ``elliptical.sphericity_statistics``: they tell
+   the gates when the elliptical candidate is the right model), then cross-attends to the
+   context tokens of the matching layer only, so queries never influence each other. With
+   ``log_n_all_points``, n counts every context point even where the attention sees a subsample
+   (``DiScoFormer.context_size``), as the mixture and elliptical candidates do.
 3. Heads. Per query, softmax gates over the K candidate scores and log-densities plus a learned
    residual for each: the network learns which estimate to trust where, and how to correct it.
 
