@@ -216,7 +216,6 @@ def _gaussian_row2(queries_t, context_t, i, lo2, half_log2e, half, zero, lse, me
     mean[i, 0], mean[i, 1] = m0 / tot, m1 / tot
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
 def gaussian_sums(queries_t: np.ndarray, context_t: np.ndarray, consts: np.ndarray):
     """Unit Gaussian kernel sums, fused: ``t_ij = −½|y_i − x_j|²``, ``M_i = max_j t_ij``,
     ``S_i = Σ_j e^{t_ij − M_i}``, ``mean_i = Σ_j e^{t_ij − M_i} x_j / S_i``.
@@ -225,46 +224,90 @@ def gaussian_sums(queries_t: np.ndarray, context_t: np.ndarray, consts: np.ndarr
     :func:`kernel_constants` of that dtype. Returns ``lse = M + log S`` (m,)
     and ``mean`` (m, d) in that dtype. Memory O(n) per thread (none for d = 2, 3, which run
     two fused passes per query; other d one pass per coordinate over a distance buffer).
+
+    d = 2, 3 run in a numba ``prange``; other d in a serial kernel over blocks of queries, one
+    block per numba thread from a Python thread pool (the kernel releases the GIL). Why: as a
+    ``prange`` body the any-d loops gave other bits when the kernel was loaded from numba's
+    cache than when it had just been compiled (AMD znver4, numba 0.68), so a resumed run did not
+    repeat the bits of the run it continued; compiled serially they are the same both ways
+    (tests/test_kernels.py).
     """
     d, m = queries_t.shape
-    n = context_t.shape[1]
+    if d in (2, 3):
+        return _gaussian_sums_low_d(queries_t, context_t, consts)
+    lse = np.empty(m, queries_t.dtype)
+    mean = np.empty((m, d), queries_t.dtype)
+    workers = max(1, min(numba.get_num_threads(), m // 32))
+    bounds = [m * k // workers for k in range(workers + 1)]
+    if workers == 1:
+        _gaussian_rows(queries_t, context_t, consts, 0, m, lse, mean)
+    else:
+        pool = _thread_pool(workers)
+        for job in [pool.submit(_gaussian_rows, queries_t, context_t, consts, lo, hi, lse, mean)
+                    for lo, hi in zip(bounds[:-1], bounds[1:])]:
+            job.result()
+    return lse, mean
+
+
+_POOL: dict = {}
+
+
+def _thread_pool(workers: int):
+    """A process-wide thread pool of ``workers`` threads (created once per size)."""
+    if workers not in _POOL:
+        from concurrent.futures import ThreadPoolExecutor
+        _POOL[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="particlescore-kernel")
+    return _POOL[workers]
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _gaussian_sums_low_d(queries_t: np.ndarray, context_t: np.ndarray, consts: np.ndarray):
+    """:func:`gaussian_sums` for d = 2 and 3: one ``prange`` over blocks of 32 queries."""
+    d, m = queries_t.shape
     lo2, half_log2e, zero, half = consts[0], consts[1], consts[3], consts[4]
     lse = np.empty(m, queries_t.dtype)
     mean = np.empty((m, d), queries_t.dtype)
     block = 32
     for blk in numba.prange((m + block - 1) // block):
-        t = np.empty(n, queries_t.dtype)
         for i in range(blk * block, min(m, (blk + 1) * block)):
             if d == 3:
                 _gaussian_row3(queries_t, context_t, i, lo2, half_log2e, half, zero, lse, mean)
-                continue
-            if d == 2:
+            else:
                 _gaussian_row2(queries_t, context_t, i, lo2, half_log2e, half, zero, lse, mean)
-                continue
-            t[:] = 0
-            for k in range(d):
-                yk = queries_t[k, i]
-                xk = context_t[k]
-                for j in range(n):
-                    diff = yk - xk[j]
-                    t[j] -= diff * diff
-            low = ordered_bits(-t[0])
-            for j in range(n):
-                low = min(low, ordered_bits(-t[j]))
-            tmax = -from_ordered_bits(low)
-            tot = zero
-            for j in range(n):
-                e = fast_exp2(max(half_log2e * (t[j] - tmax), lo2))     # e^{½(t_j − T)}
-                t[j] = e
-                tot += e
-            lse[i] = half * tmax + math.log(tot)
-            for k in range(d):
-                xk = context_t[k]
-                acc = zero
-                for j in range(n):
-                    acc += t[j] * xk[j]
-                mean[i, k] = acc / tot
     return lse, mean
+
+
+@numba.njit(fastmath=True, cache=True, nogil=True)
+def _gaussian_rows(queries_t, context_t, consts, start, stop, lse, mean):
+    """:func:`gaussian_sums` for queries ``start … stop − 1`` in any d, over one distance buffer
+    (n,): a max pass, an exp-and-sum pass, then one weighted sum per coordinate."""
+    d, n = context_t.shape
+    lo2, half_log2e, zero, half = consts[0], consts[1], consts[3], consts[4]
+    t = np.empty(n, queries_t.dtype)
+    for i in range(start, stop):
+        t[:] = 0
+        for k in range(d):
+            yk = queries_t[k, i]
+            xk = context_t[k]
+            for j in range(n):
+                diff = yk - xk[j]
+                t[j] -= diff * diff
+        low = ordered_bits(-t[0])
+        for j in range(n):
+            low = min(low, ordered_bits(-t[j]))
+        tmax = -from_ordered_bits(low)
+        tot = zero
+        for j in range(n):
+            e = fast_exp2(max(half_log2e * (t[j] - tmax), lo2))     # e^{½(t_j − T)}
+            t[j] = e
+            tot += e
+        lse[i] = half * tmax + math.log(tot)
+        for k in range(d):
+            xk = context_t[k]
+            acc = zero
+            for j in range(n):
+                acc += t[j] * xk[j]
+            mean[i, k] = acc / tot
 
 
 @numba.njit(inline="always", fastmath=True)
