@@ -7,7 +7,9 @@ rotation-equivariant network trained for every ``d`` up to its ``max_dim``
 (``model.EquivariantDiScoFormerNet``); ``network="equivariant"`` asks for it in any d. The
 per-dimension files of d = 3 and 10 were fine-tuned on Student-t mixtures and rotated Laplace
 laws beside Gaussian mixtures (``particlescore.training.data``); the weights trained on Gaussian
-mixtures alone stay shipped as ``discoformer_d{d}_gmm`` (``network="per-dim-gmm"``).
+mixtures alone stay shipped as ``discoformer_d{d}_gmm`` (``network="per-dim-gmm"``). The d = 2 and 3
+files also have the elliptical candidate and the shape features (``model.DiScoFormerConfig``), and
+the d = 2 file counts every context point in its ``log n`` (``log_n_all_points``).
 
 Test-time adaptation (DiScoFormer, arXiv 2511.05924, §TTA): with the context fixed and the
 queries set to the context points, take ``adapt_steps`` Adam steps on the label-free
