@@ -14,3 +14,22 @@ python -m particlescore.training --dim 3 --mixture-components 10 --init-from par
 # d = 10
 python -m particlescore.training --dim 10 --steps 4000 --max-minutes 0.01 --resume --threads 1 --seed 0 --batch 8 --n-min 128 --n-max 1024 --warmup 50 --lr 2e-3 --no-progress --out particlescore/weights/discoformer_d10.safetensors
 python -m particlescore.training --dim 10 --mixture-components 10 --init-from particlescore/weights/discoformer_d10.safetensors --mixture-bias 14 --steps 3000 --max-minutes 40 --threads 1 --seed 1 --batch 8 --n-min 128 --n-max 1024 --warmup 20 --lr 5e-4 --no-progress --run-dir runs/train_d10_mix --out runs/train_d10_mix/discoformer_d10.safetensors --resume
+
+# d = 2 and 3 default files (elliptical candidate, shape features): stages A, B from the files above
+# (d = 2: the GMM-only file, now discoformer_d2_gmm; d = 3: the heavy-tail fine-tune), then C (and D for d = 2).
+# Each --init-from particlescore/weights/... names the file that was the default when the stage ran;
+# the JSON cards record its sha256 (init_from / finetuned_from).
+# d = 2, stage A
+python -m particlescore.training --dim 2 --init-from particlescore/weights/discoformer_d2.safetensors --add-elliptical --mixture-bias -4 --families gmm:4 gaussian:1 t_mixture:1 laplace:1 radial:2 --steps 2000 --max-minutes 30 --threads 1 --seed 22 --batch 8 --n-min 128 --n-max 1024 --warmup 20 --lr 3e-4 --run-dir runs/rad_d2 --out runs/rad_d2/discoformer_d2.safetensors --no-prog
+# d = 2, stage B
+python -m particlescore.training --dim 2 --finetune-from runs/rad_d2/discoformer_d2.safetensors --families gmm:8 gaussian:1 t_mixture:1 laplace:1 radial:2 --steps 1200 --max-minutes 22 --threads 1 --seed 32 --batch 8 --n-min 128 --n-max 4096 --warmup 20 --lr 1e-4 --run-dir runs/radb_d2 --out runs/radb_d2/discoformer_d2.safetensors --no-prog --resume
+# d = 2, stage C (stopped at its step-500 checkpoint, saved as runs/shape_d2/discoformer_d2.safetensors)
+python -m particlescore.training --dim 2 --init-from particlescore/weights/discoformer_d2.safetensors --add-shape-features --families gmm:6 gaussian:1 t_mixture:1 laplace:1 radial:3 --steps 1600 --max-minutes 55 --threads 1 --seed 42 --batch 8 --n-min 128 --n-max 4096 --warmup 20 --lr 2e-4 --run-dir runs/shape_d2
+# d = 2, stage D
+python -m particlescore.training --dim 2 --finetune-from runs/shape_d2/discoformer_d2.safetensors --log-n-all-points --solver-regime-above 2896 --search-patience 3 --families gmm:6 gaussian:1 t_mixture:1 laplace:1 radial:3 --steps 900 --max-minutes 60 --threads 1 --seed 44 --batch 6 --n-min 128 --n-max 32768 --warmup 20 --lr 1.5e-4 --run-dir runs/shaped_d2 --out runs/shaped_d2/discoformer_d2.safetensors --no-prog
+# d = 3, stage A
+python -m particlescore.training --dim 3 --init-from particlescore/weights/discoformer_d3.safetensors --add-elliptical --mixture-bias -4 --families gmm:4 gaussian:1 t_mixture:1 laplace:1 radial:2 --steps 2000 --max-minutes 30 --threads 1 --seed 23 --batch 8 --n-min 128 --n-max 1024 --warmup 20 --lr 3e-4 --run-dir runs/rad_d3 --out runs/rad_d3/discoformer_d3.safetensors --no-prog
+# d = 3, stage B
+python -m particlescore.training --dim 3 --finetune-from runs/rad_d3/discoformer_d3.safetensors --families gmm:8 gaussian:1 t_mixture:1 laplace:1 radial:2 --steps 1200 --max-minutes 30 --threads 1 --seed 33 --batch 8 --n-min 128 --n-max 4096 --warmup 20 --lr 1e-4 --run-dir runs/radb_d3 --out runs/radb_d3/discoformer_d3.safetensors --no-prog
+# d = 3, stage C
+python -m particlescore.training --dim 3 --init-from particlescore/weights/discoformer_d3.safetensors --add-shape-features --families gmm:6 gaussian:1 t_mixture:1 laplace:1 radial:3 --steps 1200 --max-minutes 55 --threads 1 --seed 43 --batch 8 --n-min 128 --n-max 4096 --warmup 20 --lr 2e-4 --run-dir runs/shape_d3 --out runs/shape_d3/discoformer_d3.safetensors --no-prog
