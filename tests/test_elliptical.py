@@ -284,9 +284,14 @@ def test_shape_features_start_silent_and_enter_the_query_features():
     from particlescore.discoformer import load_weights
     from particlescore.model import DiScoFormerConfig, build_network
     from particlescore.training.train import transplant
-    old, _ = load_weights(ps.discoformer.weights_path(2))
-    assert old.config.elliptical_candidate and not old.config.shape_features
-    config = DiScoFormerConfig.from_dict({**old.config.to_dict(), "shape_features": True})
+    shipped, _ = load_weights(ps.discoformer.weights_path(2))
+    assert shipped.config.elliptical_candidate and shipped.config.shape_features
+    # a trained network without the features: the shipped one less their input columns
+    old = build_network(DiScoFormerConfig.from_dict({**shipped.config.to_dict(), "shape_features": False}))
+    state = shipped.state_dict()
+    state["embed_qry.weight"] = state["embed_qry.weight"][:, :-4]
+    old.load_state_dict(state)
+    config = shipped.config
     new = build_network(config)
     transplant(old, new, 0.0)
     x = _anisotropic_gaussian(600, 2, seed=4)[:, :2]
