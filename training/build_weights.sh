@@ -25,8 +25,10 @@ python -m particlescore.training --dim 2 --init-from particlescore/weights/disco
 python -m particlescore.training --dim 2 --finetune-from runs/rad_d2/discoformer_d2.safetensors --families gmm:8 gaussian:1 t_mixture:1 laplace:1 radial:2 --steps 1200 --max-minutes 22 --threads 1 --seed 32 --batch 8 --n-min 128 --n-max 4096 --warmup 20 --lr 1e-4 --run-dir runs/radb_d2 --out runs/radb_d2/discoformer_d2.safetensors --no-prog --resume
 # d = 2, stage C (stopped at its step-500 checkpoint, saved as runs/shape_d2/discoformer_d2.safetensors)
 python -m particlescore.training --dim 2 --init-from particlescore/weights/discoformer_d2.safetensors --add-shape-features --families gmm:6 gaussian:1 t_mixture:1 laplace:1 radial:3 --steps 1600 --max-minutes 55 --threads 1 --seed 42 --batch 8 --n-min 128 --n-max 4096 --warmup 20 --lr 2e-4 --run-dir runs/shape_d2
-# d = 2, stage D
+# d = 2, stage D (--out runs/shaped_d2/...; stage E starts from it)
 python -m particlescore.training --dim 2 --finetune-from runs/shape_d2/discoformer_d2.safetensors --log-n-all-points --solver-regime-above 2896 --search-patience 3 --families gmm:6 gaussian:1 t_mixture:1 laplace:1 radial:3 --steps 900 --max-minutes 60 --threads 1 --seed 44 --batch 6 --n-min 128 --n-max 32768 --warmup 20 --lr 1.5e-4 --run-dir runs/shaped_d2 --out runs/shaped_d2/discoformer_d2.safetensors --no-prog
+# d = 2, stage E (from stage D, shipped for a while as sha256 6988fa3775bc)
+python -m particlescore.training --dim 2 --finetune-from particlescore/weights/discoformer_d2.safetensors --log-n-all-points --solver-regime-above 2896 --search-patience 3 --families gmm:4 gaussian:1 t_mixture:1 laplace:1 radial:4 --steps 500 --max-minutes 38 --threads 1 --seed 45 --batch 6 --n-min 512 --n-max 32768 --warmup 10 --lr 1e-4 --run-dir runs/shapee_d2 --out runs/shapee_d2/discoformer_d2.safetensors --no-prog
 # d = 3, stage A
 python -m particlescore.training --dim 3 --init-from particlescore/weights/discoformer_d3.safetensors --add-elliptical --mixture-bias -4 --families gmm:4 gaussian:1 t_mixture:1 laplace:1 radial:2 --steps 2000 --max-minutes 30 --threads 1 --seed 23 --batch 8 --n-min 128 --n-max 1024 --warmup 20 --lr 3e-4 --run-dir runs/rad_d3 --out runs/rad_d3/discoformer_d3.safetensors --no-prog
 # d = 3, stage B
