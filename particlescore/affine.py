@@ -173,12 +173,19 @@ class WhitenedModel(nn.Module):
         c = self.net.config
         if not c.mixture_components:
             return None
-        mixture = (fitter(ctx_w, frame) if fitter is not None else
-                   fit_mixture(ctx_w, c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge,
-                               mask, tied=c.mixture_tied, unbiased=c.mixture_unbiased))
+        mixture = fitter(ctx_w, frame) if fitter is not None else self.search_mixture(ctx_w, mask)
         if c.mixture_loo_covariances:
             mixture = loo_covariances(ctx_w, mixture, frame.chol, c.mixture_ridge, mask)
         return mixture
+
+    def search_mixture(self, ctx_w: torch.Tensor, mask: torch.Tensor | None = None,
+                       patience: int | None = None) -> Mixture:
+        """The split/BIC search of the config's mixture on whitened contexts (B,n,d)
+        (:func:`~particlescore.candidates.fit_mixture`), stopped after ``patience`` K without a
+        better BIC (None: up to the config's maximum)."""
+        c = self.net.config
+        return fit_mixture(ctx_w, c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge, mask,
+                           tied=c.mixture_tied, unbiased=c.mixture_unbiased, patience=patience)
 
     def candidates(self, enc: EncodedContext, qry_w: torch.Tensor) -> Candidates:
         if enc.bank_w is None:

@@ -115,7 +115,7 @@ from . import registry
 from ._validation import as_particles, check_min_particles
 from .estimators import ScoreEstimator
 from .affine import AffineFrame, EncodedContext, WhitenedModel, context_radius
-from .candidates import (Mixture, elliptical_fits, fit_mixture, mixture_score_matching_loss, refit_mixture,
+from .candidates import (Mixture, elliptical_fits, mixture_score_matching_loss, refit_mixture,
                          reframe_mixture, select_mixture)
 from .model import DiScoFormerConfig, DiScoFormerNet, build_network
 from .stein import project_score
@@ -522,8 +522,7 @@ class DiScoFormer(ScoreEstimator):
         """A warm start's split/BIC search (stopped by ``search_patience``) on whitened contexts
         (B,n,d): the mixture and its log-likelihood gain per point over the sample Gaussian (B,)."""
         c = self.net.config
-        mix = fit_mixture(ctx_w, c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge, mask,
-                          tied=c.mixture_tied, unbiased=c.mixture_unbiased, patience=self.search_patience or None)
+        mix = self.model.search_mixture(ctx_w, mask, patience=self.search_patience or None)
         _, gain = refit_mixture(ctx_w, mix, 0, c.mixture_shrink, c.mixture_ridge, mask, unbiased=c.mixture_unbiased)
         return mix, gain
 

@@ -87,10 +87,11 @@ def sphericity_statistics(w: torch.Tensor) -> torch.Tensor:
     var_ell = float((ell * ell).mean()) + 1e-12
     off = max(1.0 - 1.0 / d, 1e-12)
     eye = torch.eye(d, dtype=w.dtype, device=w.device) / d                   # (d, d)
+    ell_u = ell[:, None] * u                                                 # (n, d) ℓ̃·u
     t1 = n * (u.mean(0) ** 2).sum()
     t2 = n * ((u.T @ u / n - eye) ** 2).sum() / off
-    t3 = n * ((((ell[:, None] * u).T @ u) / n - ell.mean() * eye) ** 2).sum() / (off * var_ell)
-    t4 = n * ((ell[:, None] * u).mean(0) ** 2).sum() / var_ell
+    t3 = n * ((ell_u.T @ u / n) ** 2).sum() / (off * var_ell)               # ⟨ℓ̃⟩ = 0: the I/d term drops
+    t4 = n * (ell_u.mean(0) ** 2).sum() / var_ell
     return torch.log1p(torch.stack([t1, t2, t3, t4])) / 5                   # (4,)
 
 

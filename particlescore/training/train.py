@@ -31,7 +31,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from particlescore import __version__
-from particlescore.candidates import fit_mixture
 from particlescore.discoformer import DiScoFormer, bounded_subsamples, file_sha256, load_weights, save_weights
 from particlescore.estimators import KDE
 from particlescore.affine import WhitenedModel
@@ -137,32 +136,22 @@ def transplant(old: DiScoFormerNet, new: DiScoFormerNet, mixture_bias: float) ->
     adds the shape features, everything is copied and their input weights start at zero, so the
     new network computes exactly what the old one did."""
     k_old, k_new = old.n_candidates, new.n_candidates
-    adds_mixture = bool(new.config.mixture_components) and not old.config.mixture_components
-    adds_elliptical = new.config.elliptical_candidate and not old.config.elliptical_candidate
-    adds_shape = new.config.shape_features and not old.config.shape_features
-    if old.config.dim != new.config.dim or old.config.width != new.config.width:
-        raise SystemExit("--init-from: the new network must have the old one's dim and width")
-    if adds_shape and k_new == k_old and not (adds_mixture or adds_elliptical):
-        new_state = new.state_dict()
-        for name, value in old.state_dict().items():
-            if name == "embed_qry.weight":
-                new_state[name].zero_()
-                new_state[name][:, :value.shape[1]] = value
-            else:
-                new_state[name].copy_(value)
-        new.load_state_dict(new_state)
-        return
-    if k_new != k_old + 1 or adds_mixture == adds_elliptical or adds_shape:
+    added = [bool(new.config.mixture_components) and not old.config.mixture_components,
+             new.config.elliptical_candidate and not old.config.elliptical_candidate,
+             new.config.shape_features and not old.config.shape_features]   # mixture, elliptical, shape
+    adds_candidate = added[0] or added[1]
+    if (old.config.dim != new.config.dim or old.config.width != new.config.width or sum(added) != 1
+            or k_new != k_old + adds_candidate):
         raise SystemExit("--init-from: the new config must equal the old one plus the mixture candidate "
                          "(or plus the elliptical candidate, or plus the shape features)")
     old_state, new_state = old.state_dict(), new.state_dict()
     for name, value in old_state.items():
         if name not in new_state:
             raise SystemExit(f"--init-from: parameter {name} has no counterpart")
-        if name == "embed_qry.weight":
+        if name == "embed_qry.weight":   # the new inputs are the last columns
             new_state[name].zero_()
             new_state[name][:, :value.shape[1]] = value
-        elif name.startswith("head."):
+        elif name.startswith("head.") and adds_candidate:
             rows = new_state[name]
             rows.zero_()
             for part in ("score_gates", "log_gates"):
@@ -288,9 +277,7 @@ def main(argv=None) -> int:
         batch.log_density, batch.score = batch.log_density.to(device), batch.score.to(device)
         encode = {}
         if args.search_patience and config.mixture_components:
-            encode["fitter"] = lambda ctx_w, frame: fit_mixture(
-                ctx_w, config.mixture_components, config.mixture_iters, config.mixture_shrink, config.mixture_ridge,
-                tied=config.mixture_tied, unbiased=config.mixture_unbiased, patience=args.search_patience)
+            encode["fitter"] = lambda ctx_w, frame: wrapped.search_mixture(ctx_w, patience=args.search_patience)
         if args.solver_regime_above and n > args.solver_regime_above:   # as DiScoFormer._prepare for m = n
             encode["subsample"], encode["bank_subsample"] = bounded_subsamples(
                 n, n, step_generator(args.seed, 30_000, step))
