@@ -324,8 +324,8 @@ def _padded(mix: Mixture, size: int) -> Mixture:
 
 @torch.no_grad()
 def fit_mixture(x: torch.Tensor, max_components: int, iters: int, shrink: float, ridge: float,
-                mask: torch.Tensor | None = None, *, tied: bool = False, unbiased: bool = False,
-                patience: int | None = None) -> Mixture:
+                mask: torch.Tensor | None = None, *, tied: bool = False, tied_everywhere: bool = False,
+                unbiased: bool = False, patience: int | None = None) -> Mixture:
     """Gaussian mixture fitted to ``x`` (B,n,d) by EM, grown one split at a time, K by BIC.
 
     K = 1 is the sample Gaussian (the maximum-likelihood single Gaussian, so EM has nothing to
@@ -347,6 +347,13 @@ def fit_mixture(x: torch.Tensor, max_components: int, iters: int, shrink: float,
     costs more data than there is (d = 100, n = 2048, two components: the full fit loses to one
     Gaussian), while where full fits are affordable BIC's likelihood preferred tied ones even
     when their score was worse (measured on random mixtures, d = 10, n = 1024: 7.0 → 10.3 %).
+    ``tied_everywhere``: the tied chain competes at every n. Meant for fits whose covariances are
+    re-estimated per component afterwards (:func:`loo_covariances`), where the tied fit only
+    supplies the clustering: a shared covariance costs d(d+1)/2 parameters once instead of per
+    component, so BIC can afford the components that full fits merge (held-out random mixtures,
+    d = 10, n = 256: 2.3 components chosen on average where the mixtures have 5.7, 6.5 with the
+    tied chain; with the leave-one-out covariances the d = 10 network's relative score MSE drops
+    from 21.2 to 14.2 %; model card, "Tied clustering").
     ``unbiased``: the chosen fit's covariances go through :func:`_unbiased_precision`.
     ``patience``: stop growing once no batch element's BIC has improved for ``patience``
     consecutive K (None: every K up to ``max_components``, the search the weights were trained
@@ -403,6 +410,8 @@ def fit_mixture(x: torch.Tensor, max_components: int, iters: int, shrink: float,
     best, best_bic = _padded(mix, max_components), bic(1, loglik)
     best_k = torch.ones(B, dtype=torch.int64, device=x.device)               # (B,) K of the best fit so far
     tied_allowed = 2 * (d + d * (d + 1) / 2) + 1 > counts / 2               # (B,) docstring
+    if tied_everywhere:
+        tied_allowed = torch.ones_like(tied_allowed)                         # (B,) every n
     chains = [(mix, False, bic)] + ([(mix, True, bic_tied)] if tied and bool(tied_allowed.any()) else [])
     for k in range(2, max_components + 1):
         if k * d > float(counts.max()) / 2:

@@ -35,3 +35,14 @@ python -m particlescore.training --dim 3 --init-from particlescore/weights/disco
 python -m particlescore.training --dim 3 --finetune-from runs/rad_d3/discoformer_d3.safetensors --families gmm:8 gaussian:1 t_mixture:1 laplace:1 radial:2 --steps 1200 --max-minutes 30 --threads 1 --seed 33 --batch 8 --n-min 128 --n-max 4096 --warmup 20 --lr 1e-4 --run-dir runs/radb_d3 --out runs/radb_d3/discoformer_d3.safetensors --no-prog
 # d = 3, stage C
 python -m particlescore.training --dim 3 --init-from particlescore/weights/discoformer_d3.safetensors --add-shape-features --families gmm:6 gaussian:1 t_mixture:1 laplace:1 radial:3 --steps 1200 --max-minutes 55 --threads 1 --seed 43 --batch 8 --n-min 128 --n-max 4096 --warmup 20 --lr 2e-4 --run-dir runs/shape_d3 --out runs/shape_d3/discoformer_d3.safetensors --no-prog
+
+# Config edits after training (tensors bitwise unchanged; each card's config_edits records them; the
+# file's sha256 also depends on the edit's date, which the card records).
+# Tied clustering in the d = 2, 3, 10 files (model card, "Tied clustering"):
+for d in 2 3 10; do
+  python -m particlescore.training.edit_config particlescore/weights/discoformer_d$d.safetensors particlescore/weights/discoformer_d$d.safetensors \
+    --set mixture_tied=true --set mixture_tied_everywhere=true --note "The tied chain of the mixture search competes in BIC at every n (candidates.fit_mixture, tied_everywhere); the leave-one-out covariances then give each component its own covariance. Same weights, flag off -> on, on the score table's held-out mixtures (benchmarks/results/tied_clustering/score_per_dim.md) and the ablation (ablation_tied.md); model card, section 'Tied clustering'."
+done
+# and in the any-d file (tied already where full fits are unaffordable; now at every n):
+python -m particlescore.training.edit_config particlescore/weights/discoformer_equivariant.safetensors particlescore/weights/discoformer_equivariant.safetensors \
+  --set mixture_tied_everywhere=true --note "The tied chain of the mixture search competes in BIC at every n, not only where full covariances are unaffordable (candidates.fit_mixture, tied_everywhere); the leave-one-out covariances then give each component its own covariance. Same weights, flag off -> on, on the score table's held-out mixtures (benchmarks/results/tied_clustering/score_equivariant.md); model card, section 'Tied clustering'."

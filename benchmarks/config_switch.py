@@ -1,0 +1,77 @@
+"""The same weights with some inference-time config fields changed, against the shipped config,
+on the score table's held-out random mixtures (same seeds as ``score_table.py``).
+
+    OMP_NUM_THREADS=1 python benchmarks/config_switch.py --set mixture_tied=true --set mixture_tied_everywhere=true
+        [--dims 2 3 10] [--sizes 256 1024 4096 16384] [--mixtures 16] [--network per-dim|equivariant]
+        [--weights-dir DIR] [--out FILE]
+
+Only fields that change inference, not the tensors, make sense here (the mixture search and the
+covariance options of ``DiScoFormerConfig``). Prints, per cell, the relative score MSE (%) of
+both, and the paired difference (edited − shipped) with its standard error over the mixtures.
+"""
+import argparse
+import dataclasses
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from particlescore.metrics import relative_score_mse
+from particlescore.model import DiScoFormerConfig
+from particlescore.training.evaluate import evaluation_problem
+
+from _common import discoformer_for
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or key not in DiScoFormerConfig.__dataclass_fields__:
+        raise SystemExit(f"--set wants FIELD=VALUE with a DiScoFormerConfig field, got {text!r}")
+    return key, json.loads(value)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--set", dest="settings", action="append", required=True, metavar="FIELD=VALUE")
+    parser.add_argument("--dims", type=int, nargs="*", default=[2, 3, 10])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[256, 1024, 4096, 16384])
+    parser.add_argument("--mixtures", type=int, default=16)
+    parser.add_argument("--network", choices=("per-dim", "equivariant"), default="per-dim")
+    parser.add_argument("--weights-dir", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    settings = dict(parse_setting(s) for s in args.settings)
+    torch.set_num_threads(1)
+    label = ", ".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
+    command = "OMP_NUM_THREADS=1 python benchmarks/config_switch.py " + " ".join(sys.argv[1:])
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    lines = [f"## {label} against the shipped config ({args.network} weights, {args.mixtures} mixtures per cell)", "",
+             f"`{command}` ({when} UTC, torch {torch.__version__}, one thread)", "",
+             "| d | n | shipped score % | edited score % | paired edited − shipped (± s.e.) |", "|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
+    for d in args.dims:
+        shipped = discoformer_for(d, args.network, args.weights_dir)
+        edited = discoformer_for(d, args.network, args.weights_dir)
+        edited.net.config = dataclasses.replace(edited.net.config, **settings)
+        for n in args.sizes:
+            tic = time.perf_counter()
+            errs = np.zeros((args.mixtures, 2))
+            for i in range(args.mixtures):
+                context, queries, _, score = evaluation_problem(d, n, i)
+                for j, est in enumerate((shipped, edited)):
+                    errs[i, j] = 100 * float(relative_score_mse(est(context, queries)[1], score))
+            diff = errs[:, 1] - errs[:, 0]
+            lines.append(f"| {d} | {n} | {errs[:, 0].mean():.2f} | {errs[:, 1].mean():.2f} | "
+                         f"{diff.mean():+.2f} ± {diff.std(ddof=1) / np.sqrt(len(diff)):.2f} |")
+            print(lines[-1], f"  ({time.perf_counter() - tic:.0f} s)", flush=True)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
