@@ -361,6 +361,8 @@ def fit_mixture(x: torch.Tensor, max_components: int, iters: int, shrink: float,
     """
     if patience is not None and (not isinstance(patience, int) or isinstance(patience, bool) or patience < 1):
         raise ValueError(f"patience must be a positive int or None, got {patience!r}")
+    if tied_everywhere and not tied:
+        raise ValueError("tied_everywhere needs tied=True (it widens where the tied chain competes)")
     dtype = x.dtype
     x = x.double()
     B, n, d = x.shape

@@ -358,6 +358,8 @@ def test_tied_everywhere_recovers_the_components_that_full_fits_merge():
         errors.append(float(ps.relative_score_mse(frame.unwhiten(log_w, score_w)[1][0], exact)))
     print(f"relative score MSE: merged {errors[0]:.3f}, tied everywhere {errors[1]:.3f}")
     assert errors[1] < 0.7 * errors[0], errors
+    with pytest.raises(ValueError, match="needs tied=True"):
+        fit_mixture(ctx_w, 10, 20, 0.5, 1e-3, tied_everywhere=True)
     with pytest.raises(ValueError, match="needs mixture_tied"):
         DiScoFormerConfig(dim=10, mixture_components=10, mixture_tied_everywhere=True)
 
