@@ -14,10 +14,19 @@ from particlescore.metrics import log_density_mse, relative_score_mse
 EVAL_SEED_BASE = 2_000_000_000
 
 
+def _evaluation_draw(dim: int, index: int):
+    g = torch.Generator().manual_seed(EVAL_SEED_BASE + 1000 * dim + index)
+    return random_gmm(1, dim, generator=g, dtype=torch.float64), g
+
+
+def evaluation_mixture(dim: int, index: int):
+    """Mixture ``index`` of the evaluation set (a batch of one ``GaussianMixture``, float64)."""
+    return _evaluation_draw(dim, index)[0]
+
+
 def evaluation_problem(dim: int, n: int, index: int, n_queries: int = 512):
     """Mixture ``index`` of the evaluation set: (context (n,d), queries (m,d), log f, score), float64."""
-    g = torch.Generator().manual_seed(EVAL_SEED_BASE + 1000 * dim + index)
-    mixture = random_gmm(1, dim, generator=g, dtype=torch.float64)
+    mixture, g = _evaluation_draw(dim, index)
     context = mixture.sample(n, generator=g)[0]
     queries = mixture.sample(n_queries, generator=g)[0]
     log_f, score = mixture.log_prob_and_score(queries[None])

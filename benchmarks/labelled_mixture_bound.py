@@ -1,0 +1,75 @@
+"""How well a Gaussian-mixture fit can do on the score table's mixtures when the clustering is
+given: true component labels, sample means and weights, covariances shrunk toward a pooled scale.
+
+    python benchmarks/labelled_mixture_bound.py [--dim 10] [--sizes 256 1024] [--mixtures 16]
+
+Per mixture of the score table (``particlescore.training.evaluate``, same seeds and queries), each
+point is labelled with its most probable true component; component k gets weight n_k/n, its sample
+mean, and the covariance ``(n_k S_k + ν c I)/(n_k + ν)`` (a conjugate-prior posterior mean with
+prior scale ``c I``, ``c`` the point-weighted mean of ``tr S_k/d`` over the components). Prints the
+relative score MSE (%) of that mixture for a grid of ν; its best row is a lower bound for any
+mixture candidate that must find the clustering itself and shrinks toward an isotropic target.
+"""
+import argparse
+
+import numpy as np
+from scipy.special import logsumexp
+
+from particlescore.training.evaluate import evaluation_problem, evaluation_mixture
+
+PRIOR_STRENGTHS = (5, 10, 20, 40, 80, 160)
+
+
+def component_log_probs(weights, means, covs, x):
+    """log w_k + log N(x; μ_k, C_k) up to a constant (m,K), and C_k⁻¹(x − μ_k) (m,K,d), at x (m,d)."""
+    prec = np.linalg.inv(covs)                                               # (K, d, d)
+    diff = x[:, None] - means[None]                                          # (m, K, d)
+    pd = np.einsum("kij,mkj->mki", prec, diff)                               # (m, K, d)
+    log_p = np.log(weights)[None] - 0.5 * (diff * pd).sum(-1) - 0.5 * np.linalg.slogdet(covs)[1][None]  # (m, K)
+    return log_p, pd
+
+
+def mixture_score(weights, means, covs, x):
+    """∇ log Σ_k w_k N(x; μ_k, C_k) at x (m,d)."""
+    log_p, pd = component_log_probs(weights, means, covs, x)                 # (m, K), (m, K, d)
+    resp = np.exp(log_p - logsumexp(log_p, 1, keepdims=True))               # (m, K)
+    return -(resp[..., None] * pd).sum(1)                                    # (m, d)
+
+
+def labelled_fit(x, labels, prior_strength):
+    """Weights, means and shrunk covariances of the labelled groups of x (n,d)."""
+    d = x.shape[1]
+    groups = [x[labels == k] for k in np.unique(labels)]
+    scatters = [np.cov(g.T, bias=True).reshape(d, d) if len(g) > 1 else np.zeros((d, d)) for g in groups]
+    scale = sum(len(g) * np.trace(S) / d for g, S in zip(groups, scatters)) / len(x)
+    covs = np.stack([(len(g) * S + prior_strength * scale * np.eye(d)) / (len(g) + prior_strength)
+                     for g, S in zip(groups, scatters)])
+    return np.array([len(g) / len(x) for g in groups]), np.stack([g.mean(0) for g in groups]), covs
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dim", type=int, default=10)
+    parser.add_argument("--sizes", type=int, nargs="*", default=[256, 1024])
+    parser.add_argument("--mixtures", type=int, default=16)
+    args = parser.parse_args()
+    print(f"## Labelled mixture fit, d = {args.dim}: relative score MSE % (mean ± s.e. over {args.mixtures} mixtures)\n")
+    print("| n | " + " | ".join(f"ν = {v}" for v in PRIOR_STRENGTHS) + " |")
+    print("|---|" + "---|" * len(PRIOR_STRENGTHS))
+    for n in args.sizes:
+        errors = np.zeros((args.mixtures, len(PRIOR_STRENGTHS)))
+        for i in range(args.mixtures):
+            context, queries, _, score = (t.numpy() for t in evaluation_problem(args.dim, n, i))
+            mixture = evaluation_mixture(args.dim, i)
+            active = (mixture.weights[0] > 0).numpy()
+            weights, means, covs = (t[0].numpy()[active] for t in (mixture.weights, mixture.means, mixture.covariances))
+            labels = component_log_probs(weights, means, covs, context)[0].argmax(1)
+            for j, nu in enumerate(PRIOR_STRENGTHS):
+                est = mixture_score(*labelled_fit(context, labels, nu), queries)
+                errors[i, j] = 100 * ((est - score) ** 2).sum() / (score ** 2).sum()
+        cells = [f"{m:.2f} ± {s:.2f}" for m, s in zip(errors.mean(0), errors.std(0, ddof=1) / np.sqrt(args.mixtures))]
+        print(f"| {n} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
