@@ -5,8 +5,8 @@ on the score table's held-out random mixtures (same seeds as ``score_table.py``)
         [--dims 2 3 10] [--sizes 256 1024 4096 16384] [--mixtures 16] [--network per-dim|equivariant]
         [--weights-dir DIR] [--out FILE]
 
-Only fields that change inference, not the tensors, make sense here (the mixture search and the
-covariance options of ``DiScoFormerConfig``). Prints, per cell, the relative score MSE (%) of
+Only the fields that ``particlescore.training.edit_config`` may change are accepted (the mixture
+search and covariance options of ``DiScoFormerConfig``: they act after the network's inputs are fixed). Prints, per cell, the relative score MSE (%) of
 both, and the paired difference (edited − shipped) with its standard error over the mixtures.
 """
 import argparse
@@ -21,17 +21,10 @@ import numpy as np
 import torch
 
 from particlescore.metrics import relative_score_mse
-from particlescore.model import DiScoFormerConfig
+from particlescore.training.edit_config import parse_setting
 from particlescore.training.evaluate import evaluation_problem
 
 from _common import discoformer_for
-
-
-def parse_setting(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or key not in DiScoFormerConfig.__dataclass_fields__:
-        raise SystemExit(f"--set wants FIELD=VALUE with a DiScoFormerConfig field, got {text!r}")
-    return key, json.loads(value)
 
 
 def main():
@@ -44,7 +37,10 @@ def main():
     parser.add_argument("--weights-dir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    settings = dict(parse_setting(s) for s in args.settings)
+    try:
+        settings = dict(parse_setting(s) for s in args.settings)
+    except ValueError as err:
+        parser.error(str(err))
     torch.set_num_threads(1)
     label = ", ".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
     command = "OMP_NUM_THREADS=1 python benchmarks/config_switch.py " + " ".join(sys.argv[1:])
