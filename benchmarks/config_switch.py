@@ -1,7 +1,7 @@
 """The same weights with some inference-time config fields changed, against the shipped config,
 on the score table's held-out random mixtures (same seeds as ``score_table.py``).
 
-    OMP_NUM_THREADS=1 python benchmarks/config_switch.py --set mixture_tied=true --set mixture_tied_everywhere=true
+    OMP_NUM_THREADS=1 python benchmarks/config_switch.py --set mixture_tied=true --set mixture_tied_clustering=true
         [--dims 2 3 10] [--sizes 256 1024 4096 16384] [--mixtures 16] [--network per-dim|equivariant]
         [--weights-dir DIR] [--out FILE]
 

@@ -11,40 +11,37 @@ relative score MSE (%) of that mixture for a grid of ν; its best row is a lower
 mixture candidate that must find the clustering itself and shrinks toward an isotropic target.
 """
 import argparse
+import math
 
 import numpy as np
-from scipy.special import logsumexp
+import torch
 
+from particlescore.distributions import GaussianMixture
 from particlescore.training.evaluate import evaluation_problem, evaluation_mixture
 
 PRIOR_STRENGTHS = (5, 10, 20, 40, 80, 160)
 
 
-def component_log_probs(weights, means, covs, x):
-    """log w_k + log N(x; μ_k, C_k) up to a constant (m,K), and C_k⁻¹(x − μ_k) (m,K,d), at x (m,d)."""
-    prec = np.linalg.inv(covs)                                               # (K, d, d)
-    diff = x[:, None] - means[None]                                          # (m, K, d)
-    pd = np.einsum("kij,mkj->mki", prec, diff)                               # (m, K, d)
-    log_p = np.log(weights)[None] - 0.5 * (diff * pd).sum(-1) - 0.5 * np.linalg.slogdet(covs)[1][None]  # (m, K)
-    return log_p, pd
-
-
-def mixture_score(weights, means, covs, x):
-    """∇ log Σ_k w_k N(x; μ_k, C_k) at x (m,d)."""
-    log_p, pd = component_log_probs(weights, means, covs, x)                 # (m, K), (m, K, d)
-    resp = np.exp(log_p - logsumexp(log_p, 1, keepdims=True))               # (m, K)
-    return -(resp[..., None] * pd).sum(1)                                    # (m, d)
+def most_probable_component(mixture, x):
+    """Index of the component with the largest ``w_k N(x; μ_k, Σ_k)`` for each point of x (n,d)."""
+    active = torch.nonzero(mixture.weights[0] > 0)[:, 0]
+    log_p = torch.stack([math.log(float(mixture.weights[0, k])) + GaussianMixture(
+        torch.ones(1, dtype=x.dtype), mixture.means[0, k:k + 1], mixture.covariances[0, k:k + 1]).log_prob(x)
+        for k in active])                                                    # (K, n)
+    return log_p.argmax(0).numpy()
 
 
 def labelled_fit(x, labels, prior_strength):
-    """Weights, means and shrunk covariances of the labelled groups of x (n,d)."""
+    """The mixture of the labelled groups of x (n,d): weights, means and shrunk covariances."""
     d = x.shape[1]
     groups = [x[labels == k] for k in np.unique(labels)]
     scatters = [np.cov(g.T, bias=True).reshape(d, d) if len(g) > 1 else np.zeros((d, d)) for g in groups]
     scale = sum(len(g) * np.trace(S) / d for g, S in zip(groups, scatters)) / len(x)
     covs = np.stack([(len(g) * S + prior_strength * scale * np.eye(d)) / (len(g) + prior_strength)
                      for g, S in zip(groups, scatters)])
-    return np.array([len(g) / len(x) for g in groups]), np.stack([g.mean(0) for g in groups]), covs
+    weights = np.array([len(g) / len(x) for g in groups])
+    return GaussianMixture(torch.from_numpy(weights), torch.from_numpy(np.stack([g.mean(0) for g in groups])),
+                           torch.from_numpy(covs))
 
 
 def main():
@@ -59,14 +56,12 @@ def main():
     for n in args.sizes:
         errors = np.zeros((args.mixtures, len(PRIOR_STRENGTHS)))
         for i in range(args.mixtures):
-            context, queries, _, score = (t.numpy() for t in evaluation_problem(args.dim, n, i))
-            mixture = evaluation_mixture(args.dim, i)
-            active = (mixture.weights[0] > 0).numpy()
-            weights, means, covs = (t[0].numpy()[active] for t in (mixture.weights, mixture.means, mixture.covariances))
-            labels = component_log_probs(weights, means, covs, context)[0].argmax(1)
+            context, queries, _, score = evaluation_problem(args.dim, n, i)
+            labels = most_probable_component(evaluation_mixture(args.dim, i), context)
+            context = context.numpy()
             for j, nu in enumerate(PRIOR_STRENGTHS):
-                est = mixture_score(*labelled_fit(context, labels, nu), queries)
-                errors[i, j] = 100 * ((est - score) ** 2).sum() / (score ** 2).sum()
+                est = labelled_fit(context, labels, nu).score(queries)
+                errors[i, j] = 100 * float(((est - score) ** 2).sum() / (score ** 2).sum())
         cells = [f"{m:.2f} ± {s:.2f}" for m, s in zip(errors.mean(0), errors.std(0, ddof=1) / np.sqrt(args.mixtures))]
         print(f"| {n} | " + " | ".join(cells) + " |", flush=True)
 

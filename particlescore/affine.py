@@ -185,7 +185,7 @@ class WhitenedModel(nn.Module):
         better BIC (None: up to the config's maximum)."""
         c = self.net.config
         return fit_mixture(ctx_w, c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge, mask,
-                           tied=c.mixture_tied, tied_everywhere=c.mixture_tied_everywhere,
+                           tied=c.mixture_tied, tied_clustering=c.mixture_tied_clustering,
                            unbiased=c.mixture_unbiased, patience=patience)
 
     def candidates(self, enc: EncodedContext, qry_w: torch.Tensor) -> Candidates:

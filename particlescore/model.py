@@ -64,7 +64,7 @@ class DiScoFormerConfig:
     mixture_shrink: float = 0.5                # covariance shrinkage strength (shrink·d/(N_k + d))
     mixture_ridge: float = 1e-3                # added to every component covariance (whitened units)
     mixture_tied: bool = False                 # also fit mixtures with one shared covariance (BIC picks)
-    mixture_tied_everywhere: bool = False      # the tied fits compete at every n, not only where full ones are unaffordable (needs mixture_tied)
+    mixture_tied_clustering: bool = False      # the tied fits also compete where n < 128 points per full-component parameter (needs mixture_tied; candidates.fit_mixture)
     mixture_unbiased: bool = False             # unbiased precisions N/(N − d − 2) (candidates.fit_mixture)
     mixture_loo_covariances: bool = False      # covariances re-estimated by leave-one-out shrinkage (candidates.loo_covariances)
     elliptical_candidate: bool = False         # one more candidate, the elliptical KDE of the context (particlescore.elliptical), last
@@ -75,8 +75,8 @@ class DiScoFormerConfig:
     def __post_init__(self):
         if self.shape_features and not self.elliptical_candidate:
             raise ValueError("shape_features needs elliptical_candidate (the sphericity statistics come with its fit)")
-        if self.mixture_tied_everywhere and not self.mixture_tied:
-            raise ValueError("mixture_tied_everywhere needs mixture_tied (it widens where the tied fits compete)")
+        if self.mixture_tied_clustering and not self.mixture_tied:
+            raise ValueError("mixture_tied_clustering needs mixture_tied (it widens where the tied fits compete)")
         if self.log_n_all_points and self.dim == 0:
             raise ValueError("log_n_all_points is for the per-dimension network (the any-d one sets its kernels from n)")
 

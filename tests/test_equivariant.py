@@ -316,23 +316,25 @@ def test_loo_covariances_shrink_each_component_by_its_leave_one_out_likelihood_i
 
 
 def test_tied_chain_is_not_used_where_full_covariances_are_affordable():
-    """d = 2, n = 2000 (two full components: 11 parameters ≪ n/2): tied=True changes nothing."""
+    """d = 2, n = 2000 (two full components: 11 parameters ≪ n/2): tied=True changes nothing,
+    and neither does tied_clustering (400 points per full-component parameter, above 128)."""
     x, _ = gmm_data(2, n=2000)
     a = fit_mixture(x[None], 6, 20, 0.5, 1e-3)
-    b = fit_mixture(x[None], 6, 20, 0.5, 1e-3, tied=True)
-    for u, v in zip(a, b):
-        torch.testing.assert_close(u, v, rtol=0, atol=0)
+    for options in (dict(tied=True), dict(tied=True, tied_clustering=True)):
+        b = fit_mixture(x[None], 6, 20, 0.5, 1e-3, **options)
+        for u, v in zip(a, b):
+            torch.testing.assert_close(u, v, rtol=0, atol=0)
 
 
 
-def test_tied_everywhere_recovers_the_components_that_full_fits_merge():
+def test_tied_clustering_recovers_the_components_that_full_fits_merge():
     """d = 10, n = 300, six well-separated Gaussians (means 12 apart, covariances R diag(v) Rᵀ with
     v in [0.2, 1], 50 points each). One full component costs 65 parameters, so BIC
     (65·log 300/2 ≈ 185 nats per component) merges them; the tied chain pays 11 per component
-    and, competing at every n, recovers all six. With each component's covariance re-estimated
+    and, competing below 128 points per full-component parameter (here 4.6), recovers all six. With each component's covariance re-estimated
     (``loo_covariances``) the relative score MSE against the exact mixture's drops from 0.195
     (four components) to 0.118; the bound 0.7× leaves room for other draws, and what remains is the
-    covariance estimates from 50 points in d = 10. Without ``tied_everywhere`` the tied chain
+    covariance estimates from 50 points in d = 10. Without ``tied_clustering`` the tied chain
     stays out (two full components, 131 parameters, fit in n/2 = 150 points)."""
     d, n, K = 10, 300, 6
     g = torch.Generator().manual_seed(3)
@@ -346,7 +348,7 @@ def test_tied_everywhere_recovers_the_components_that_full_fits_merge():
     frame = AffineFrame.fit(x, 1e-4)
     ctx_w = frame.whiten(x)
     full = fit_mixture(ctx_w, 10, 20, 0.5, 1e-3, tied=True)
-    every = fit_mixture(ctx_w, 10, 20, 0.5, 1e-3, tied=True, tied_everywhere=True)
+    every = fit_mixture(ctx_w, 10, 20, 0.5, 1e-3, tied=True, tied_clustering=True)
     print(f"components: full search {int(full.n_components[0])}, tied everywhere {int(every.n_components[0])}")
     assert int(full.n_components[0]) < K and int(every.n_components[0]) == K
     y = truth.sample(400, generator=g)                                       # (400, d)
@@ -359,13 +361,13 @@ def test_tied_everywhere_recovers_the_components_that_full_fits_merge():
     print(f"relative score MSE: merged {errors[0]:.3f}, tied everywhere {errors[1]:.3f}")
     assert errors[1] < 0.7 * errors[0], errors
     with pytest.raises(ValueError, match="needs tied=True"):
-        fit_mixture(ctx_w, 10, 20, 0.5, 1e-3, tied_everywhere=True)
+        fit_mixture(ctx_w, 10, 20, 0.5, 1e-3, tied_clustering=True)
     with pytest.raises(ValueError, match="needs mixture_tied"):
-        DiScoFormerConfig(dim=10, mixture_components=10, mixture_tied_everywhere=True)
+        DiScoFormerConfig(dim=10, mixture_components=10, mixture_tied_clustering=True)
 
 
 @pytest.mark.parametrize("d", [3, 10])
-def test_tied_everywhere_keeps_one_component_on_gaussian_ensembles(d):
+def test_tied_clustering_keeps_one_component_on_gaussian_ensembles(d):
     """The Landau benchmarks' ensembles are near-Gaussian; there the tied chain must not split
     them, or the trajectories would change: an extra tied component has to gain more than
     (d + 1)·log n / 2 log-likelihood (12 nats in d = 3 at n = 500), which a split of Gaussian
@@ -373,7 +375,7 @@ def test_tied_everywhere_keeps_one_component_on_gaussian_ensembles(d):
     for seed in range(8):
         x = torch.randn(1, 500, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         ctx_w = AffineFrame.fit(x, 1e-4).whiten(x)
-        fit = fit_mixture(ctx_w, 10, 20, 0.5, 1e-3, tied=True, tied_everywhere=True)
+        fit = fit_mixture(ctx_w, 10, 20, 0.5, 1e-3, tied=True, tied_clustering=True)
         assert int(fit.n_components[0]) == 1, seed
 
 def test_training_several_dims_resumes_and_writes_an_any_d_file(tmp_path):

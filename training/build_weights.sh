@@ -38,11 +38,10 @@ python -m particlescore.training --dim 3 --init-from particlescore/weights/disco
 
 # Config edits after training (tensors bitwise unchanged; each card's config_edits records them; the
 # file's sha256 also depends on the edit's date, which the card records).
-# Tied clustering in the d = 2, 3, 10 files (model card, "Tied clustering"):
-for d in 2 3 10; do
-  python -m particlescore.training.edit_config particlescore/weights/discoformer_d$d.safetensors particlescore/weights/discoformer_d$d.safetensors \
-    --set mixture_tied=true --set mixture_tied_everywhere=true --note "The tied chain of the mixture search competes in BIC at every n (candidates.fit_mixture, tied_everywhere); the leave-one-out covariances then give each component its own covariance. Same weights, flag off -> on, on the score table's held-out mixtures (benchmarks/results/tied_clustering/score_per_dim.md) and the ablation (ablation_tied.md); model card, section 'Tied clustering'."
+# Tied clustering in the d = 2, 3, 10 and any-d files (model card, "Tied clustering"):
+for f in d2 d3 d10; do
+  python -m particlescore.training.edit_config particlescore/weights/discoformer_$f.safetensors particlescore/weights/discoformer_$f.safetensors \
+    --set mixture_tied=true --set mixture_tied_clustering=true --note "The tied chain of the mixture search also competes for the clustering where a full component has fewer than 128 points per parameter (candidates.fit_mixture, tied_clustering); the leave-one-out covariances then give each component its own covariance. Same weights, flag off -> on, on the score table's held-out mixtures (benchmarks/results/tied_clustering/); model card, section 'Tied clustering'."
 done
-# and in the any-d file (tied already where full fits are unaffordable; now at every n):
 python -m particlescore.training.edit_config particlescore/weights/discoformer_equivariant.safetensors particlescore/weights/discoformer_equivariant.safetensors \
-  --set mixture_tied_everywhere=true --note "The tied chain of the mixture search competes in BIC at every n, not only where full covariances are unaffordable (candidates.fit_mixture, tied_everywhere); the leave-one-out covariances then give each component its own covariance. Same weights, flag off -> on, on the score table's held-out mixtures (benchmarks/results/tied_clustering/score_equivariant.md); model card, section 'Tied clustering'."
+  --set mixture_tied_clustering=true --note "The tied chain of the mixture search also competes for the clustering where a full component has fewer than 128 points per parameter (candidates.fit_mixture, tied_clustering); the leave-one-out covariances then give each component its own covariance. Same weights, flag off -> on, on the score table's held-out mixtures (benchmarks/results/tied_clustering/); model card, section 'Tied clustering'."

@@ -1,7 +1,7 @@
 """Change inference-only fields of a weights file's config; the tensors stay bitwise the same.
 
     python -m particlescore.training.edit_config IN.safetensors OUT.safetensors \\
-        --set mixture_tied=true --set mixture_tied_everywhere=true --note "why, and what it measured"
+        --set mixture_tied=true --set mixture_tied_clustering=true --note "why, and what it measured"
 
 Only the fields in :data:`INFERENCE_FIELDS` may change: how the mixture candidate is searched and
 its covariances estimated, and the query chunk. Every other field shapes the tensors or what the
@@ -20,7 +20,7 @@ from pathlib import Path
 from particlescore.discoformer import file_sha256, load_weights, save_weights
 
 #: config fields an edit may change (DiScoFormerConfig): they act after the network's inputs are fixed
-INFERENCE_FIELDS = ("mixture_tied", "mixture_tied_everywhere", "mixture_unbiased", "mixture_loo_covariances",
+INFERENCE_FIELDS = ("mixture_tied", "mixture_tied_clustering", "mixture_unbiased", "mixture_loo_covariances",
                     "mixture_iters", "mixture_shrink", "mixture_ridge", "query_chunk")
 
 
@@ -49,7 +49,9 @@ def edit_config(source: Path, target: Path, settings: dict, note: str) -> dict:
         card.update(json.loads(beside.read_text()))
     card["config"] = net.config.to_dict()
     edits = card.get("config_edits", [])
-    card["config_edits"] = edits = [edits] if isinstance(edits, str) else edits  # older cards: one line of text
+    if isinstance(edits, str):   # older cards: one line of text
+        edits = [edits]
+    card["config_edits"] = edits
     edits.append({
         "date": datetime.date.today().isoformat(), "from_sha256": file_sha256(source),
         "changed": {key: [getattr(old, key), value] for key, value in settings.items()}, "note": note})
