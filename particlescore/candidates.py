@@ -322,6 +322,52 @@ def _padded(mix: Mixture, size: int) -> Mixture:
                    torch.cat([mix.chol, eye.expand(B, extra, d, d)], 1))
 
 
+#: fit_mixture's kmeans_start: Lloyd iterations after the k-means++ seeding
+KMEANS_ITERS = 10
+
+
+def _kmeans_start(x: torch.Tensor, k: int, omega: torch.Tensor | None, ridge: float, restart: int = 0) -> Mixture:
+    """A k-component tied mixture from k-means (B,n,d) -> Mixture: greedy k-means++ seeding
+    (Arthur & Vassilvitskii 2007; 2 + ⌊ln k⌋ candidates per centre, the one that lowers the
+    potential most, as scikit-learn does), :data:`KMEANS_ITERS` Lloyd steps, then the clusters'
+    fractions, means and pooled within-cluster scatter. The draws come from a generator seeded
+    with k, over the points sorted by their norm: the start is a deterministic function of the
+    set, invariant to the points' order and, since norms and distances are, to rotations of
+    the whitened frame. ``omega`` (B,n) masks padding; ``restart`` > 0 seeds another draw (three
+    restarts, best inertia, measured no better than one; model card, "k-means++ start")."""
+    B, n, d = x.shape
+    eye = torch.eye(d, dtype=x.dtype, device=x.device)
+    log_w, means, chols = [], [], []
+    for b in range(B):
+        pts = x[b] if omega is None else x[b][omega[b] > 0]                  # (n_b, d)
+        pts = pts[torch.argsort((pts * pts).sum(-1))]                        # (n_b, d) canonical order
+        gen = torch.Generator().manual_seed(k + 1_000_003 * restart)
+        trials = 2 + int(math.log(k))
+        centres = pts[torch.randint(len(pts), (1,), generator=gen)]          # (1, d)
+        dist = ((pts - centres) ** 2).sum(-1)                                # (n_b,) D² to the nearest centre
+        for _ in range(1, k):
+            idx = torch.multinomial(dist.clamp_min(0).cpu() + 1e-300, trials, replacement=True, generator=gen)
+            cand = ((pts[None] - pts[idx.to(pts.device)][:, None]) ** 2).sum(-1)  # (T, n_b)
+            new = torch.minimum(dist[None], cand)                            # (T, n_b)
+            j = new.sum(-1).argmin()
+            centres = torch.cat([centres, pts[idx[j]][None]])                # (c, d)
+            dist = new[j]
+        for _ in range(KMEANS_ITERS):
+            label = torch.cdist(pts, centres).argmin(-1)                     # (n_b,)
+            onehot = F.one_hot(label, k).to(pts.dtype)                       # (n_b, k)
+            size = onehot.sum(0)                                             # (k,)
+            centres = torch.where(size[:, None] > 0, onehot.T @ pts / size.clamp_min(1)[:, None], centres)
+        label = torch.cdist(pts, centres).argmin(-1)                         # (n_b,)
+        onehot = F.one_hot(label, k).to(pts.dtype)                           # (n_b, k)
+        size = onehot.sum(0).clamp_min(1.0)                                  # (k,) an empty cluster keeps one point's weight
+        diff = pts - centres[label]                                          # (n_b, d)
+        cov = diff.T @ diff / len(pts) + ridge * eye                         # (d, d) pooled within-cluster scatter
+        log_w.append(torch.log(size / size.sum()))
+        means.append(centres)
+        chols.append(torch.linalg.cholesky(cov).expand(k, d, d))
+    return Mixture(torch.stack(log_w), torch.stack(means), torch.stack(chols))
+
+
 #: fit_mixture's tied_clustering: the tied chain competes below this many points per full-component parameter
 TIED_CLUSTERING_POINTS = 128
 
@@ -329,7 +375,7 @@ TIED_CLUSTERING_POINTS = 128
 @torch.no_grad()
 def fit_mixture(x: torch.Tensor, max_components: int, iters: int, shrink: float, ridge: float,
                 mask: torch.Tensor | None = None, *, tied: bool = False, tied_clustering: bool = False,
-                unbiased: bool = False, patience: int | None = None) -> Mixture:
+                kmeans_start: bool = False, unbiased: bool = False, patience: int | None = None) -> Mixture:
     """Gaussian mixture fitted to ``x`` (B,n,d) by EM, grown one split at a time, K by BIC.
 
     K = 1 is the sample Gaussian (the maximum-likelihood single Gaussian, so EM has nothing to
@@ -362,6 +408,12 @@ def fit_mixture(x: torch.Tensor, max_components: int, iters: int, shrink: float,
     every n, the tied chain helped up to 114 points per parameter (d = 3, n = 1024: 5.85 → 5.21 %)
     and changed nothing beyond the standard error from 205 on (d = 2, n = 1024 and larger), where
     it only doubles the search (n = 25 600, d = 2: 2.2 s against 1.2 s).
+    ``kmeans_start``: at every K the tied chain also runs EM from a k-means++ start
+    (:func:`_kmeans_start`) and keeps whichever of the two fits is likelier; the split chain then
+    grows from it. Principal-axis splits are a divisive search: in d = 10 a split of a blob that
+    holds several clusters cuts some of them, and EM does not undo it in 20 steps (held-out random
+    mixtures, d = 10: the d = 10 network's relative score MSE 14.19 → 12.14 % at n = 256,
+    6.22 → 5.16 % at n = 1024; model card, "k-means++ start").
     ``unbiased``: the chosen fit's covariances go through :func:`_unbiased_precision`.
     ``patience``: stop growing once no batch element's BIC has improved for ``patience``
     consecutive K (None: every K up to ``max_components``, the search the weights were trained
@@ -371,6 +423,8 @@ def fit_mixture(x: torch.Tensor, max_components: int, iters: int, shrink: float,
         raise ValueError(f"patience must be a positive int or None, got {patience!r}")
     if tied_clustering and not tied:
         raise ValueError("tied_clustering needs tied=True (it widens where the tied chain competes)")
+    if kmeans_start and not tied:
+        raise ValueError("kmeans_start needs tied=True (it is a second start for the tied chain)")
     dtype = x.dtype
     x = x.double()
     B, n, d = x.shape
@@ -431,6 +485,11 @@ def fit_mixture(x: torch.Tensor, max_components: int, iters: int, shrink: float,
         grown = []
         for chain, shared, criterion in chains:
             chain, loglik = _em(x, split(chain, k, shared), iters, shrink, ridge, omega, tied=shared)
+            if shared and kmeans_start:
+                other, other_ll = _em(x, _kmeans_start(x, k, omega, ridge), iters, shrink, ridge, omega, tied=True)
+                likelier = other_ll > loglik                                 # (B,)
+                chain = select_mixture(likelier, other, chain)
+                loglik = torch.where(likelier, other_ll, loglik)
             grown.append((chain, shared, criterion))
             score = criterion(k, loglik)
             better = score < best_bic                                        # (B,)

@@ -65,6 +65,7 @@ class DiScoFormerConfig:
     mixture_ridge: float = 1e-3                # added to every component covariance (whitened units)
     mixture_tied: bool = False                 # also fit mixtures with one shared covariance (BIC picks)
     mixture_tied_clustering: bool = False      # the tied fits also compete where n < 128 points per full-component parameter (needs mixture_tied; candidates.fit_mixture)
+    mixture_kmeans_start: bool = False         # the tied fits also start from k-means++ at every K, the likelier kept (needs mixture_tied; candidates.fit_mixture)
     mixture_unbiased: bool = False             # unbiased precisions N/(N − d − 2) (candidates.fit_mixture)
     mixture_loo_covariances: bool = False      # covariances re-estimated by leave-one-out shrinkage (candidates.loo_covariances)
     elliptical_candidate: bool = False         # one more candidate, the elliptical KDE of the context (particlescore.elliptical), last
@@ -77,6 +78,8 @@ class DiScoFormerConfig:
             raise ValueError("shape_features needs elliptical_candidate (the sphericity statistics come with its fit)")
         if self.mixture_tied_clustering and not self.mixture_tied:
             raise ValueError("mixture_tied_clustering needs mixture_tied (it widens where the tied fits compete)")
+        if self.mixture_kmeans_start and not self.mixture_tied:
+            raise ValueError("mixture_kmeans_start needs mixture_tied (it is a second start for the tied fits)")
         if self.log_n_all_points and self.dim == 0:
             raise ValueError("log_n_all_points is for the per-dimension network (the any-d one sets its kernels from n)")
 

@@ -12,7 +12,7 @@ import particlescore as ps
 import particlescore.discoformer as dmod
 from particlescore import estimators
 from particlescore.affine import AffineFrame
-from particlescore.candidates import (LOO_INTENSITIES, Mixture, _is_tied, _loo_log_likelihoods, _unbiased_precision,
+from particlescore.candidates import (LOO_INTENSITIES, Mixture, _component_log_prob, _is_tied, _loo_log_likelihoods, _unbiased_precision,
                                       fit_mixture, mixture_candidate, refit_mixture, loo_covariances)
 from particlescore.discoformer import DiScoFormer, load_weights, save_weights
 from particlescore.distributions import GaussianMixture, random_gmm
@@ -377,6 +377,57 @@ def test_tied_clustering_keeps_one_component_on_gaussian_ensembles(d):
         ctx_w = AffineFrame.fit(x, 1e-4).whiten(x)
         fit = fit_mixture(ctx_w, 10, 20, 0.5, 1e-3, tied=True, tied_clustering=True)
         assert int(fit.n_components[0]) == 1, seed
+
+def test_kmeans_start_is_a_function_of_the_set_and_rotation_invariant():
+    """The k-means++ start draws from a generator seeded with K over the points sorted by norm:
+    permuting the points, or rotating the whitened frame, gives the same fitted density (up to
+    the rounding of sums taken in another order)."""
+    d = 3
+    x = random_gmm(1, d, generator=torch.Generator().manual_seed(5), dtype=torch.float64).sample(
+        400, generator=torch.Generator().manual_seed(6))                     # (1, 400, d)
+    ctx_w = AffineFrame.fit(x, 1e-4).whiten(x)                               # (1, 400, d)
+    y = torch.randn(1, 50, d, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    fit = fit_mixture(ctx_w, 6, 20, 0.5, 1e-3, tied=True, tied_clustering=True, kmeans_start=True)
+    log_f = torch.logsumexp(_component_log_prob(y, fit)[0], 1)               # (1, 50)
+    perm = torch.randperm(400, generator=torch.Generator().manual_seed(8))
+    permuted = fit_mixture(ctx_w[:, perm], 6, 20, 0.5, 1e-3, tied=True, tied_clustering=True, kmeans_start=True)
+    torch.testing.assert_close(torch.logsumexp(_component_log_prob(y, permuted)[0], 1), log_f, rtol=1e-8, atol=1e-8)
+    Q = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(9), dtype=torch.float64))[0]
+    rotated = fit_mixture(ctx_w @ Q.T, 6, 20, 0.5, 1e-3, tied=True, tied_clustering=True, kmeans_start=True)
+    torch.testing.assert_close(torch.logsumexp(_component_log_prob(y @ Q.T, rotated)[0], 1), log_f, rtol=1e-8, atol=1e-8)
+    assert int(fit.n_components[0]) > 1
+    with pytest.raises(ValueError, match="needs tied=True"):
+        fit_mixture(ctx_w, 6, 20, 0.5, 1e-3, kmeans_start=True)
+    with pytest.raises(ValueError, match="needs mixture_tied"):
+        DiScoFormerConfig(dim=3, mixture_components=6, mixture_kmeans_start=True)
+
+
+def test_kmeans_start_improves_the_clustering_of_random_mixtures():
+    """d = 10, n = 256, held-out draws of the training family (1–10 components): growing the tied
+    chain only by principal-axis splits leaves clusters merged or cut where the k-means++ start
+    separates them. Measured on these 12 draws, the mixture's relative score MSE after the
+    leave-one-out covariances, averaged: 0.1407 without the start, 0.1274 with it (0.906×; the
+    score table's 16 mixtures through the d = 10 network: 14.19 → 12.14 %). The start only adds
+    a candidate fit that must be likelier, so no draw may get much worse: measured, none got worse
+    at all (9 of 12 better); the bounds leave room for rounding across platforms."""
+    errors = {False: [], True: []}
+    for i in range(12):
+        mixture = random_gmm(1, 10, generator=torch.Generator().manual_seed(100 + i), dtype=torch.float64)
+        g = torch.Generator().manual_seed(200 + i)
+        x = mixture.sample(256, generator=g)                                 # (1, 256, 10)
+        y = mixture.sample(300, generator=g)                                 # (1, 300, 10)
+        frame = AffineFrame.fit(x, 1e-4)
+        ctx_w = frame.whiten(x)
+        for start in (False, True):
+            fit = fit_mixture(ctx_w, 10, 20, 0.5, 1e-3, tied=True, tied_clustering=True, kmeans_start=start)
+            fit = loo_covariances(ctx_w, fit, frame.chol, 1e-3)
+            score_w, log_w, _ = mixture_candidate(fit, frame.whiten(y))
+            errors[start].append(float(ps.relative_score_mse(frame.unwhiten(log_w, score_w)[1][0], mixture.score(y)[0])))
+    split, km = np.array(errors[False]), np.array(errors[True])
+    print(f"relative score MSE: splits only {split.mean():.4f}, with the k-means++ start {km.mean():.4f}")
+    assert km.mean() < 0.95 * split.mean(), (split, km)
+    assert (km <= split + 0.005).all(), (split, km)
+
 
 def test_training_several_dims_resumes_and_writes_an_any_d_file(tmp_path):
     """--dim 0 draws one d per step from --train-dims (seeded, so the log names the same d's
