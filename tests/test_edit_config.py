@@ -23,18 +23,19 @@ def weights(tmp_path):
 def test_edit_keeps_the_tensors_and_records_the_edit(weights, tmp_path):
     out = tmp_path / "out.safetensors"
     assert main([str(weights), str(out), "--set", "mixture_tied=true", "--set", "mixture_tied_clustering=true",
-                 "--note", "tied clustering"]) == 0
+                 "--set", "mixture_kmeans_start=true", "--note", "tied clustering"]) == 0
     before, _ = load_weights(weights)
     after, meta = load_weights(out)
     for key, tensor in before.state_dict().items():
         assert torch.equal(tensor, after.state_dict()[key]), key
-    assert after.config.mixture_tied and after.config.mixture_tied_clustering
+    assert after.config.mixture_tied and after.config.mixture_tied_clustering and after.config.mixture_kmeans_start
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["sha256"] == file_sha256(out) and card["command"] == "test"
     assert card["notes"] == "added later"                     # from the JSON card beside the input
     assert card["config_edits"][0] == "an older edit, as one line of text" and len(card["config_edits"]) == 2
     edit = card["config_edits"][-1]
-    assert edit["changed"] == {"mixture_tied": [False, True], "mixture_tied_clustering": [False, True]}
+    assert edit["changed"] == {"mixture_tied": [False, True], "mixture_tied_clustering": [False, True],
+                               "mixture_kmeans_start": [False, True]}
     assert edit["from_sha256"] == file_sha256(weights) and edit["note"] == "tied clustering"
     assert json.loads(meta["card"])["config_edits"] == card["config_edits"]
 
@@ -44,6 +45,7 @@ def test_edit_keeps_the_tensors_and_records_the_edit(weights, tmp_path):
     ("elliptical_candidate=true", "FIELD one of"),     # what the network reads
     ("mixture_tied=1", "is a bool"),                   # wrong type
     ("mixture_tied_clustering=true", "needs mixture_tied"),
+    ("mixture_kmeans_start=true", "needs mixture_tied"),
     ("mixture_tied=yes", "not JSON"),
 ])
 def test_edit_refuses_what_it_cannot_change(weights, tmp_path, setting, message, capsys):
