@@ -375,8 +375,9 @@ def test_tied_clustering_keeps_one_component_on_gaussian_ensembles(d):
     for seed in range(8):
         x = torch.randn(1, 500, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         ctx_w = AffineFrame.fit(x, 1e-4).whiten(x)
-        fit = fit_mixture(ctx_w, 10, 20, 0.5, 1e-3, tied=True, tied_clustering=True)
-        assert int(fit.n_components[0]) == 1, seed
+        for start in (False, True):   # also with the k-means++ start (d = 10 and any-d files)
+            fit = fit_mixture(ctx_w, 10, 20, 0.5, 1e-3, tied=True, tied_clustering=True, kmeans_start=start)
+            assert int(fit.n_components[0]) == 1, (seed, start)
 
 def test_kmeans_start_is_a_function_of_the_set_and_rotation_invariant():
     """The k-means++ start draws from a generator seeded with K over the points sorted by norm:
