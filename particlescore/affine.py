@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from .candidates import (Candidates, Mixture, elliptical_fits, evaluate_candidates, fit_mixture, loo_covariances,
-                         uses_fused_bank)
+                         merge_components, uses_fused_bank)
 from .model import DiScoFormerNet
 
 __all__ = ["AffineFrame", "EncodedContext", "WhitenedModel"]
@@ -169,13 +169,15 @@ class WhitenedModel(nn.Module):
                     fitter=None) -> Mixture | None:
         """The mixture candidate's fit to the whitened context (B,n,d) (None without one): the
         cold BIC search, or ``fitter(ctx_w, frame)`` (the estimator's warm start), then the
-        leave-one-out covariances where the config asks for them."""
+        leave-one-out covariances and the merge test where the config asks for them."""
         c = self.net.config
         if not c.mixture_components:
             return None
         mixture = fitter(ctx_w, frame) if fitter is not None else self.search_mixture(ctx_w, mask)
         if c.mixture_loo_covariances:
             mixture = loo_covariances(ctx_w, mixture, frame.chol, c.mixture_ridge, mask)
+        if c.mixture_merge_test:
+            mixture = merge_components(ctx_w, mixture, frame.chol, c.mixture_ridge, mask)
         return mixture
 
     def search_mixture(self, ctx_w: torch.Tensor, mask: torch.Tensor | None = None,

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .distributions import _mixture_terms
 from .elliptical import N_SPHERICITY, RadialFit
 
-__all__ = ["Candidates", "Mixture", "N_DESCRIPTORS", "N_SPHERICITY", "kernel_bank", "kernel_bank_torch", "fit_mixture", "refit_mixture", "reframe_mixture",
+__all__ = ["Candidates", "Mixture", "N_DESCRIPTORS", "N_SPHERICITY", "kernel_bank", "kernel_bank_torch", "fit_mixture", "merge_components", "refit_mixture", "reframe_mixture",
            "mixture_candidate", "evaluate_candidates", "elliptical_fits", "elliptical_candidate"]
 
 #: Descriptors per candidate, in the order they are appended.
@@ -605,6 +605,99 @@ def loo_covariances(x: torch.Tensor, mix: Mixture, frame_chol: torch.Tensor, rid
     chol = torch.where(renew[..., None, None], chol, fit.chol)               # (B, K, d, d)
     mean = torch.where(renew[..., None], mean, fit.mean)                     # (B, K, d)
     return Mixture(mix.log_weight, mean.to(dtype), chol.to(dtype))
+
+
+#: merge_components: critical value of the Anderson–Darling statistic A*² at significance 0.01
+#: (mean and variance estimated; Stephens 1974, JASA 69, table 1A, case 3). G-means splits at
+#: α = 10⁻⁴ (1.8692); merging at that level cost the d = 10 network 0.2–1.0 points on
+#: Student-t, Laplace and banana ensembles for the same gain on mixtures (model card, "Merge test")
+MERGE_AD_CRITICAL = 1.092
+#: merge_components: pairs with fewer points than this are not tested
+MERGE_MIN_POINTS = 8
+
+
+def anderson_darling_normal(z: torch.Tensor) -> torch.Tensor:
+    """``A*² = A²(1 + 4/m − 25/m²)`` of a sample z (m,) against the normal law with the sample's
+    own mean and variance (Stephens 1974, JASA 69, case 3): ``A² = −m − (1/m)Σᵢ(2i − 1)
+    [ln Φ(u₍ᵢ₎) + ln(1 − Φ(u₍ₘ₊₁₋ᵢ₎))]``, u the sorted standardised sample."""
+    m = z.shape[0]
+    u = torch.sort((z - z.mean()) / z.std().clamp_min(1e-300))[0]           # (m,)
+    cdf = torch.special.ndtr(u).clamp(1e-300, 1 - 1e-16)                     # (m,)
+    i = torch.arange(1, m + 1, dtype=z.dtype, device=z.device)               # (m,)
+    a2 = -m - ((2 * i - 1) * (torch.log(cdf) + torch.log1p(-cdf.flip(0)))).mean()
+    return a2 * (1 + 4 / m - 25 / m ** 2)
+
+
+def _merged_pair(mix: Mixture, a: int, b: int) -> Mixture:
+    """One batch element's mixture (K slots) with components a < b replaced by their
+    moment-matched union in slot a (weight w_a + w_b, the pair's mean and covariance) and the
+    padding moved to the end."""
+    w = torch.exp(mix.log_weight[0])                                         # (K,)
+    cov = mix.chol[0] @ mix.chol[0].transpose(-1, -2)                        # (K, d, d)
+    total = w[a] + w[b]
+    mean = (w[a] * mix.mean[0, a] + w[b] * mix.mean[0, b]) / total           # (d,)
+    da, db = mix.mean[0, a] - mean, mix.mean[0, b] - mean                    # (d,), (d,)
+    union = (w[a] * (cov[a] + torch.outer(da, da)) + w[b] * (cov[b] + torch.outer(db, db))) / total  # (d, d)
+    keep = [k for k in range(len(w)) if k != b]
+    log_w, means, chols = mix.log_weight[0].clone(), mix.mean[0].clone(), mix.chol[0].clone()
+    log_w[a], means[a], chols[a] = torch.log(total), mean, torch.linalg.cholesky(union)
+    d = means.shape[-1]
+    eye = torch.eye(d, dtype=means.dtype, device=means.device)
+    return Mixture(torch.cat([log_w[keep], log_w.new_full((1,), -math.inf)])[None],
+                   torch.cat([means[keep], means.new_zeros(1, d)])[None], torch.cat([chols[keep], eye[None]])[None])
+
+
+@torch.no_grad()
+def merge_components(x: torch.Tensor, mix: Mixture, frame_chol: torch.Tensor, ridge: float,
+                     mask: torch.Tensor | None = None) -> Mixture:
+    """Over-split components of a :func:`loo_covariances` fit merged back, one pair at a time.
+
+    G-means' split test run backwards (Hamerly & Elkan 2003, "Learning the k in k-means",
+    NIPS 16): for every pair of components (a, b), the points whose likeliest component is a or
+    b are projected onto ``μ_a − μ_b``; where that projection looks normal, two components are
+    not needed. The pair with the smallest Anderson–Darling statistic
+    (:func:`anderson_darling_normal`) is merged (moment-matched, :func:`_merged_pair`) if it is
+    below :data:`MERGE_AD_CRITICAL` (α = 0.01), the covariances are re-estimated
+    (:func:`loo_covariances`), and the test runs again until no pair passes. Pairs with fewer
+    than :data:`MERGE_MIN_POINTS` points are not tested. A fit merged down to one component
+    becomes the sample Gaussian (as :func:`fit_mixture` gives for K = 1).
+
+    Why: with ``tied_clustering`` BIC chooses the clustering among shared-covariance fits, which
+    split a component whose shape differs from the pooled one into two (held-out random
+    mixtures, d = 10, n = 1024: 6.3 components where the mixtures have 5.4). The projection is
+    rotation-equivariant and the pairs are visited in component order, so the result is a
+    deterministic function of the fit. ``x`` (B,n,d) whitened, ``frame_chol`` (B,d,d) as in
+    :func:`loo_covariances`, ``mask`` (B,n)."""
+    dtype = mix.mean.dtype
+    x = x.double()
+    out = []
+    for b in range(x.shape[0]):
+        pts = x[b:b + 1] if mask is None else x[b:b + 1, mask[b]]            # (1, n_b, d)
+        m = Mixture(*(t[b:b + 1].double() for t in mix))
+        merged = False
+        while int(torch.isfinite(m.log_weight).sum()) > 1:
+            log_p, _, _ = _component_log_prob(pts, m)                        # (1, K, n_b)
+            label = log_p[0].argmax(0)                                       # (n_b,)
+            used = torch.nonzero(torch.isfinite(m.log_weight[0]))[:, 0].tolist()
+            best = None
+            for i, a in enumerate(used):
+                for c in used[i + 1:]:
+                    sel = (label == a) | (label == c)                        # (n_b,)
+                    if int(sel.sum()) < MERGE_MIN_POINTS:
+                        continue
+                    stat = float(anderson_darling_normal(pts[0, sel] @ (m.mean[0, a] - m.mean[0, c])))
+                    if best is None or stat < best[0]:
+                        best = (stat, a, c)
+            if best is None or best[0] >= MERGE_AD_CRITICAL:
+                break
+            m = _merged_pair(m, best[1], best[2])
+            m = loo_covariances(pts, m, frame_chol[b:b + 1], ridge)
+            merged = True
+        if merged and int(torch.isfinite(m.log_weight).sum()) == 1:
+            one = fit_mixture(pts, 1, 0, 0.0, ridge)                         # the sample Gaussian
+            m = _padded(Mixture(*(t.double() for t in one)), mix.mean.shape[1])
+        out.append(m)
+    return Mixture(*(torch.cat(parts).to(dtype) for parts in zip(*out)))
 
 
 def reframe_mixture(mix: Mixture, A: torch.Tensor, b: torch.Tensor) -> Mixture:

@@ -68,6 +68,7 @@ class DiScoFormerConfig:
     mixture_kmeans_start: bool = False         # the tied fits also start from k-means++ at every K, the likelier kept (needs mixture_tied; candidates.fit_mixture)
     mixture_unbiased: bool = False             # unbiased precisions N/(N − d − 2) (candidates.fit_mixture)
     mixture_loo_covariances: bool = False      # covariances re-estimated by leave-one-out shrinkage (candidates.loo_covariances)
+    mixture_merge_test: bool = False           # over-split components merged by G-means' normality test (needs mixture_loo_covariances; candidates.merge_components)
     elliptical_candidate: bool = False         # one more candidate, the elliptical KDE of the context (particlescore.elliptical), last
     shape_features: bool = False               # the context's sphericity statistics join each query's features (needs elliptical_candidate)
     log_n_all_points: bool = False             # the queries' log n counts every context point, also when the attention sees a subsample
@@ -78,6 +79,8 @@ class DiScoFormerConfig:
             raise ValueError("shape_features needs elliptical_candidate (the sphericity statistics come with its fit)")
         if self.mixture_tied_clustering and not self.mixture_tied:
             raise ValueError("mixture_tied_clustering needs mixture_tied (it widens where the tied fits compete)")
+        if self.mixture_merge_test and not self.mixture_loo_covariances:
+            raise ValueError("mixture_merge_test needs mixture_loo_covariances (merged components get their covariances from it)")
         if self.mixture_kmeans_start and not self.mixture_tied:
             raise ValueError("mixture_kmeans_start needs mixture_tied (it is a second start for the tied fits)")
         if self.log_n_all_points and self.dim == 0:

@@ -23,19 +23,20 @@ def weights(tmp_path):
 def test_edit_keeps_the_tensors_and_records_the_edit(weights, tmp_path):
     out = tmp_path / "out.safetensors"
     assert main([str(weights), str(out), "--set", "mixture_tied=true", "--set", "mixture_tied_clustering=true",
-                 "--set", "mixture_kmeans_start=true", "--note", "tied clustering"]) == 0
+                 "--set", "mixture_kmeans_start=true", "--set", "mixture_merge_test=true", "--note", "tied clustering"]) == 0
     before, _ = load_weights(weights)
     after, meta = load_weights(out)
     for key, tensor in before.state_dict().items():
         assert torch.equal(tensor, after.state_dict()[key]), key
     assert after.config.mixture_tied and after.config.mixture_tied_clustering and after.config.mixture_kmeans_start
+    assert after.config.mixture_merge_test
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["sha256"] == file_sha256(out) and card["command"] == "test"
     assert card["notes"] == "added later"                     # from the JSON card beside the input
     assert card["config_edits"][0] == "an older edit, as one line of text" and len(card["config_edits"]) == 2
     edit = card["config_edits"][-1]
     assert edit["changed"] == {"mixture_tied": [False, True], "mixture_tied_clustering": [False, True],
-                               "mixture_kmeans_start": [False, True]}
+                               "mixture_kmeans_start": [False, True], "mixture_merge_test": [False, True]}
     assert edit["from_sha256"] == file_sha256(weights) and edit["note"] == "tied clustering"
     assert json.loads(meta["card"])["config_edits"] == card["config_edits"]
 
@@ -53,3 +54,11 @@ def test_edit_refuses_what_it_cannot_change(weights, tmp_path, setting, message,
     with pytest.raises(SystemExit):
         main([str(weights), str(out), "--set", setting, "--note", "x"])
     assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_edit_refuses_a_merge_test_without_the_loo_covariances(weights, tmp_path, capsys):
+    out = tmp_path / "bad.safetensors"
+    with pytest.raises(SystemExit):
+        main([str(weights), str(out), "--set", "mixture_merge_test=true", "--set", "mixture_loo_covariances=false",
+              "--note", "x"])
+    assert "needs mixture_loo_covariances" in capsys.readouterr().err and not out.exists()
