@@ -54,3 +54,10 @@ done
 # d = 10 fine-tuned with the k-means++ start on (model card, "k-means++ start"; shipped as discoformer_d10):
 python -m particlescore.training --dim 10 --finetune-from particlescore/weights/discoformer_d10.safetensors --families gmm:4 t_mixture:1 laplace:1 --steps 400 --max-minutes 30 --threads 1 --seed 49 --batch 8 --n-min 128 --n-max 2048 --warmup 10 --lr 5e-5 --no-progress --run-dir runs/km_d10 --out runs/km_d10/discoformer_d10.safetensors --eval-sizes 256 1024 4096
 cp runs/km_d10/discoformer_d10.safetensors runs/km_d10/discoformer_d10.json particlescore/weights/
+# Merge test in the d = 10 file (model card, "Merge test"; in d = 2 and 3 it merged real components,
+# so they and the any-d file keep it off), then 400 fine-tuning steps with it on (shipped as discoformer_d10):
+mkdir -p runs/merge_d10
+python -m particlescore.training.edit_config particlescore/weights/discoformer_d10.safetensors runs/merge_d10/discoformer_d10.safetensors \
+  --set mixture_merge_test=true --note "Over-split components of the mixture candidate are merged back by G-means' normality test run backwards (candidates.merge_components). Same weights, flag off -> on, on the score table's held-out mixtures (benchmarks/results/merge_test/); model card, section 'Merge test'."
+python -m particlescore.training --dim 10 --finetune-from runs/merge_d10/discoformer_d10.safetensors --families gmm:4 t_mixture:1 laplace:1 --steps 400 --max-minutes 40 --threads 1 --seed 51 --batch 8 --n-min 128 --n-max 2048 --warmup 10 --lr 5e-5 --no-progress --run-dir runs/merge_ft --out runs/merge_ft/discoformer_d10.safetensors --eval-sizes 256 1024 4096
+cp runs/merge_ft/discoformer_d10.safetensors runs/merge_ft/discoformer_d10.json particlescore/weights/
