@@ -177,7 +177,7 @@ class WhitenedModel(nn.Module):
         if c.mixture_loo_covariances:
             mixture = loo_covariances(ctx_w, mixture, frame.chol, c.mixture_ridge, mask)
         if c.mixture_merge_test:
-            mixture = merge_components(ctx_w, mixture, frame.chol, c.mixture_ridge, mask)
+            mixture = merge_components(ctx_w, mixture, frame.chol, c.mixture_ridge, mask, unbiased=c.mixture_unbiased)
         return mixture
 
     def search_mixture(self, ctx_w: torch.Tensor, mask: torch.Tensor | None = None,

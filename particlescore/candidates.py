@@ -649,7 +649,7 @@ def _merged_pair(mix: Mixture, a: int, b: int) -> Mixture:
 
 @torch.no_grad()
 def merge_components(x: torch.Tensor, mix: Mixture, frame_chol: torch.Tensor, ridge: float,
-                     mask: torch.Tensor | None = None) -> Mixture:
+                     mask: torch.Tensor | None = None, *, unbiased: bool = False) -> Mixture:
     """Over-split components of a :func:`loo_covariances` fit merged back, one pair at a time.
 
     G-means' split test run backwards (Hamerly & Elkan 2003, "Learning the k in k-means",
@@ -660,7 +660,7 @@ def merge_components(x: torch.Tensor, mix: Mixture, frame_chol: torch.Tensor, ri
     below :data:`MERGE_AD_CRITICAL` (α = 0.01), the covariances are re-estimated
     (:func:`loo_covariances`), and the test runs again until no pair passes. Pairs with fewer
     than :data:`MERGE_MIN_POINTS` points are not tested. A fit merged down to one component
-    becomes the sample Gaussian (as :func:`fit_mixture` gives for K = 1).
+    becomes the sample Gaussian, as :func:`fit_mixture` gives for K = 1 (with ``unbiased`` as there).
 
     Why: with ``tied_clustering`` BIC chooses the clustering among shared-covariance fits, which
     split a component whose shape differs from the pooled one into two (held-out random
@@ -679,22 +679,21 @@ def merge_components(x: torch.Tensor, mix: Mixture, frame_chol: torch.Tensor, ri
             log_p, _, _ = _component_log_prob(pts, m)                        # (1, K, n_b)
             label = log_p[0].argmax(0)                                       # (n_b,)
             used = torch.nonzero(torch.isfinite(m.log_weight[0]))[:, 0].tolist()
-            best = None
-            for i, a in enumerate(used):
-                for c in used[i + 1:]:
-                    sel = (label == a) | (label == c)                        # (n_b,)
-                    if int(sel.sum()) < MERGE_MIN_POINTS:
-                        continue
-                    stat = float(anderson_darling_normal(pts[0, sel] @ (m.mean[0, a] - m.mean[0, c])))
-                    if best is None or stat < best[0]:
-                        best = (stat, a, c)
-            if best is None or best[0] >= MERGE_AD_CRITICAL:
+            sizes = torch.bincount(label, minlength=m.log_weight.shape[1]).tolist()  # one transfer, not one per pair
+            pairs = [(a, c) for i, a in enumerate(used) for c in used[i + 1:]
+                     if sizes[a] + sizes[c] >= MERGE_MIN_POINTS]
+            if not pairs:
                 break
-            m = _merged_pair(m, best[1], best[2])
+            stats = torch.stack([anderson_darling_normal(pts[0, (label == a) | (label == c)] @ (m.mean[0, a] - m.mean[0, c]))
+                                 for a, c in pairs])                         # (P,)
+            best = int(stats.argmin())
+            if float(stats[best]) >= MERGE_AD_CRITICAL:
+                break
+            m = _merged_pair(m, *pairs[best])
             m = loo_covariances(pts, m, frame_chol[b:b + 1], ridge)
             merged = True
         if merged and int(torch.isfinite(m.log_weight).sum()) == 1:
-            one = fit_mixture(pts, 1, 0, 0.0, ridge)                         # the sample Gaussian
+            one = fit_mixture(pts, 1, 0, 0.0, ridge, unbiased=unbiased)      # the sample Gaussian
             m = _padded(Mixture(*(t.double() for t in one)), mix.mean.shape[1])
         out.append(m)
     return Mixture(*(torch.cat(parts).to(dtype) for parts in zip(*out)))

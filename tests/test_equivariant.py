@@ -381,6 +381,7 @@ def test_tied_clustering_keeps_one_component_on_gaussian_ensembles(d):
             fit = fit_mixture(ctx_w, 10, 20, 0.5, 1e-3, tied=True, tied_clustering=True, kmeans_start=start)
             assert int(fit.n_components[0]) == 1, (seed, start)
 
+
 def test_kmeans_start_is_a_function_of_the_set_and_rotation_invariant():
     """The k-means++ start draws from a generator seeded with K over the points sorted by norm:
     permuting the points, or rotating the whitened frame, gives the same fitted density (up to
@@ -496,12 +497,23 @@ def test_merge_components_joins_a_split_cluster_and_keeps_separate_ones():
     again = merge_components(frame.whiten(x), right, frame.chol, 1e-3)
     for a, b in zip(again, right):
         torch.testing.assert_close(a, b)
+    # one cluster alone, cut in two: merged down to one component, the sample Gaussian that the
+    # search gives for K = 1 (also with the unbiased precisions)
+    one = x[:, cluster == 0]                                                 # (1, n_0, d)
+    frame_one = AffineFrame.fit(one, 1e-4)
+    halves = _split_fit(one, frame_one, half[cluster == 0])
+    for unbiased in (False, True):
+        alone = merge_components(frame_one.whiten(one), halves, frame_one.chol, 1e-3, unbiased=unbiased)
+        sample = fit_mixture(frame_one.whiten(one), 1, 0, 0.5, 1e-3, unbiased=unbiased)
+        assert int(alone.n_components[0]) == 1
+        torch.testing.assert_close(alone.mean[:, :1], sample.mean)
+        torch.testing.assert_close(alone.chol[:, :1], sample.chol)
 
 
 def test_merge_components_is_rotation_and_permutation_invariant_and_needs_loo_covariances():
     """The merge decisions use projections onto mean differences and the likeliest-component
     labels, so rotating the whitened frame or permuting the points gives the same density (up to
-    rounding); a fit merged down to one component is the sample Gaussian."""
+    rounding)."""
     d, n = 10, 500
     mixture = random_gmm(1, d, generator=torch.Generator().manual_seed(102), dtype=torch.float64)
     x = mixture.sample(n, generator=torch.Generator().manual_seed(103))      # (1, n, d)
