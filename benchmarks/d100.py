@@ -4,7 +4,7 @@ context points, queries from the mixture. Reported there: score MSE 0.167 (best 
 KDE 1.090) and log-density MSE 20.8 (KDE 781). Issue 9's bar: score MSE ≤ 0.167 and log-density
 MSE ≤ 20.8, with the best-bandwidth KDE measured in the same run.
 
-    OMP_NUM_THREADS=1 python benchmarks/d100.py [--dim 100] [--n 2048] [--m 512] [--draws 8]
+    OMP_NUM_THREADS=1 python benchmarks/d100.py [--dim 100] [--n 2048] [--m 512] [--draws 8] [--weights FILE]
                                                 [--out benchmarks/results/d100.md]
 
 Metrics per draw, then mean ± standard error over the draws: score MSE ``mean_{i,j}(ŝ_ij − s_ij)²``
@@ -34,7 +34,7 @@ import particlescore as ps
 from _common import gmm_score, sklearn_bic_mixture, write_report
 from particlescore.affine import AffineFrame
 from particlescore.candidates import fit_mixture, loo_covariances, mixture_candidate
-from particlescore.discoformer import recorded_sha256
+from particlescore.discoformer import file_sha256, recorded_sha256
 from particlescore.distributions import random_gmm
 from particlescore.estimators import oracle_bandwidth
 
@@ -68,10 +68,17 @@ def main():
     parser.add_argument("--draws", type=int, default=8)
     parser.add_argument("--max-k", type=int, default=4)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="evaluate this any-d weights file instead of the shipped one")
     args = parser.parse_args()
     torch.set_num_threads(1)
     start, load_before = time.perf_counter(), os.getloadavg()
-    est = ps.DiScoFormer.pretrained(args.dim, network="equivariant")
+    if args.weights is None:
+        est = ps.DiScoFormer.pretrained(args.dim, network="equivariant")
+        weights = f"the any-d network, sha256 {recorded_sha256('equivariant')[:12]}"
+    else:
+        est = ps.DiScoFormer.from_file(args.weights, dim=args.dim)
+        weights = f"{args.weights}, sha256 {file_sha256(args.weights)[:12]}"
     config = est.net.config
     rows = {k: {"score": [], "rel": [], "log": [], "sec": []} for k in METHODS}
     ks = []
@@ -117,7 +124,7 @@ def main():
             "Command: `OMP_NUM_THREADS=1 python benchmarks/d100.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]) + "`",
             "", f"Date {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, Python "
             f"{platform.python_version()}, load {load_before[0]:.2f} at start; {time.perf_counter() - start:.0f} s wall; "
-            f"weights: the any-d network, sha256 {recorded_sha256('equivariant')[:12]}.", "",
+            f"weights: {weights}.", "",
             f"2-component mixtures, n = {args.n}, m = {args.m} queries, mean ± s.e. over {args.draws} draws "
             f"(protocol: `benchmarks/d100.py`). Paper (arXiv 2511.05924): score MSE 0.167 vs best-h KDE 1.090; "
             "log-density MSE 20.8 vs 781.", "",
