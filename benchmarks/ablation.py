@@ -256,7 +256,7 @@ def main():
         commit = "unknown"
     import sklearn
     header = ["# Ablation: DiScoFormer vs its best candidate, scikit-learn GaussianMixture (BIC) and Scott KDE", "",
-              "Command: `OMP_NUM_THREADS=1 nice -n 10 python benchmarks/ablation.py "
+              "Command: `OMP_NUM_THREADS=1 python benchmarks/ablation.py "
               + " ".join(shlex.quote(a) for a in sys.argv[1:]) + "`", "",
               f"Date {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit}, torch {torch.__version__}, "
               f"scikit-learn {sklearn.__version__}, Python {platform.python_version()}; load average "
