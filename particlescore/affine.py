@@ -188,7 +188,7 @@ class WhitenedModel(nn.Module):
         c = self.net.config
         return fit_mixture(ctx_w, c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge, mask,
                            tied=c.mixture_tied, tied_clustering=c.mixture_tied_clustering,
-                           kmeans_start=c.mixture_kmeans_start,
+                           kmeans_start=c.mixture_kmeans_start, scale_split=c.mixture_scale_split,
                            unbiased=c.mixture_unbiased, patience=patience)
 
     def candidates(self, enc: EncodedContext, qry_w: torch.Tensor) -> Candidates:

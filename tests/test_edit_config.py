@@ -23,20 +23,22 @@ def weights(tmp_path):
 def test_edit_keeps_the_tensors_and_records_the_edit(weights, tmp_path):
     out = tmp_path / "out.safetensors"
     assert main([str(weights), str(out), "--set", "mixture_tied=true", "--set", "mixture_tied_clustering=true",
-                 "--set", "mixture_kmeans_start=true", "--set", "mixture_merge_test=true", "--note", "tied clustering"]) == 0
+                 "--set", "mixture_kmeans_start=true", "--set", "mixture_merge_test=true", "--set", "mixture_scale_split=true",
+                 "--note", "tied clustering"]) == 0
     before, _ = load_weights(weights)
     after, meta = load_weights(out)
     for key, tensor in before.state_dict().items():
         assert torch.equal(tensor, after.state_dict()[key]), key
     assert after.config.mixture_tied and after.config.mixture_tied_clustering and after.config.mixture_kmeans_start
-    assert after.config.mixture_merge_test
+    assert after.config.mixture_merge_test and after.config.mixture_scale_split
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["sha256"] == file_sha256(out) and card["command"] == "test"
     assert card["notes"] == "added later"                     # from the JSON card beside the input
     assert card["config_edits"][0] == "an older edit, as one line of text" and len(card["config_edits"]) == 2
     edit = card["config_edits"][-1]
     assert edit["changed"] == {"mixture_tied": [False, True], "mixture_tied_clustering": [False, True],
-                               "mixture_kmeans_start": [False, True], "mixture_merge_test": [False, True]}
+                               "mixture_kmeans_start": [False, True], "mixture_merge_test": [False, True],
+                               "mixture_scale_split": [False, True]}
     assert edit["from_sha256"] == file_sha256(weights) and edit["note"] == "tied clustering"
     assert json.loads(meta["card"])["config_edits"] == card["config_edits"]
 
