@@ -116,3 +116,24 @@ def test_finetune_continues_from_a_weights_file_and_records_it(tmp_path):
     # lr 1e-12 for two steps: the tensors move by ~1e-12 at most (AdamW steps are ≤ lr in size)
     for (name, p0), p1 in zip(start.state_dict().items(), tuned.state_dict().values()):
         assert torch.allclose(p0, p1, atol=1e-9), name
+
+
+def test_train_only_moves_the_named_parameters_and_freezes_the_rest(tmp_path):
+    """``--train-only ln_out head``: after two steps at lr 1e-2 the head has moved and every
+    other tensor is bitwise the start's; a prefix that names no parameter is refused."""
+    from particlescore.discoformer import load_weights
+    from particlescore.training.train import main
+    common = ["--steps", "2", "--batch", "2", "--n-min", "32", "--n-max", "48", "--queries", "8",
+              "--eval-mixtures", "1", "--eval-sizes", "48", "--threads", "1", "--no-progress", "--warmup", "1"]
+    main(["--dim", "2", "--width", "16", "--run-dir", str(tmp_path / "a"), "--out", str(tmp_path / "a.safetensors")]
+         + common)
+    start, _ = load_weights(tmp_path / "a.safetensors")
+    main(["--dim", "2", "--finetune-from", str(tmp_path / "a.safetensors"), "--train-only", "ln_out", "head",
+          "--lr", "1e-2", "--run-dir", str(tmp_path / "b"), "--out", str(tmp_path / "b.safetensors")] + common)
+    tuned, _ = load_weights(tmp_path / "b.safetensors")
+    moved = {name for (name, p0), p1 in zip(start.state_dict().items(), tuned.state_dict().values())
+             if not torch.equal(p0, p1)}
+    assert moved and all(name.startswith(("ln_out", "head")) for name in moved), moved
+    with pytest.raises(SystemExit, match="match no parameter"):
+        main(["--dim", "2", "--finetune-from", str(tmp_path / "a.safetensors"), "--train-only", "heads",
+              "--run-dir", str(tmp_path / "c"), "--out", str(tmp_path / "c.safetensors")] + common)

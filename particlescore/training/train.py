@@ -97,6 +97,9 @@ def parse_args(argv=None):
                         "(0: full search, as a cold call)")
     p.add_argument("--finetune-from", type=Path, default=None,
                    help="continue training these weights (their config; the size and mixture options are ignored)")
+    p.add_argument("--train-only", nargs="+", default=None, metavar="PREFIX",
+                   help="train only the parameters whose names start with one of these (e.g. ln_out head); "
+                        "the rest stay frozen")
     p.add_argument("--families", nargs="+", default=["gmm:1"], metavar="NAME:WEIGHT",
                    help=f"training families and their relative weights, from {sorted(FAMILY_DRAWS)} (training/data.py)")
     args = p.parse_args(argv)
@@ -180,6 +183,24 @@ def batch_loss(net, batch, alpha: float, **encode):
     return (alpha * log_err + (1 - alpha) * rel_score).mean(), rel_score.mean().detach(), log_err.mean().detach()
 
 
+def trainable_parameters(net: torch.nn.Module, prefixes: list[str] | None) -> list[torch.nn.Parameter]:
+    """Every parameter (``prefixes`` None), or those whose names start with one of ``prefixes``;
+    the others get ``requires_grad = False``. A prefix matching no parameter is an error."""
+    if prefixes is None:
+        return list(net.parameters())
+    names = [name for name, _ in net.named_parameters()]
+    unmatched = [p for p in prefixes if not any(name.startswith(p) for name in names)]
+    if unmatched:
+        raise SystemExit(f"--train-only: {unmatched} match no parameter; the names start with "
+                         f"{sorted({name.split('.')[0] for name in names})}")
+    chosen = []
+    for name, param in net.named_parameters():
+        param.requires_grad_(name.startswith(tuple(prefixes)))
+        if param.requires_grad:
+            chosen.append(param)
+    return chosen
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -231,9 +252,10 @@ def main(argv=None) -> int:
     if args.init_from is not None and not args.resume:
         transplant(load_weights(args.init_from)[0], net, args.mixture_bias)
     net = net.to(device)
+    params = trainable_parameters(net, args.train_only)                  # before DDP sees which need grads
     wrapped = WhitenedModel(net)                                         # whitening in, un-whitening out
     model = torch.nn.parallel.DistributedDataParallel(wrapped) if distributed else wrapped
-    optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     start_step, wall_before = 0, 0.0
     ckpt_path = run_dir / "checkpoint.pt"
     if args.resume:
