@@ -93,6 +93,17 @@ def test_families_on_the_command_line():
             parse_args(["--dim", "3"] + bad)
 
 
+def tiny_start_file(tmp_path):
+    """The options of a two-step tiny run, and the network such a run writes to a.safetensors."""
+    from particlescore.discoformer import load_weights
+    from particlescore.training.train import main
+    common = ["--steps", "2", "--batch", "2", "--n-min", "32", "--n-max", "48", "--queries", "8",
+              "--eval-mixtures", "1", "--eval-sizes", "48", "--threads", "1", "--no-progress", "--warmup", "1"]
+    main(["--dim", "2", "--width", "16", "--run-dir", str(tmp_path / "a"), "--out", str(tmp_path / "a.safetensors")]
+         + common)
+    return common, load_weights(tmp_path / "a.safetensors")[0]
+
+
 def test_finetune_continues_from_a_weights_file_and_records_it(tmp_path):
     """Two mixed-family steps from a small stage file: the config comes from that file, the
     first step starts from its tensors, and the card records the families and the source."""
@@ -100,11 +111,7 @@ def test_finetune_continues_from_a_weights_file_and_records_it(tmp_path):
 
     from particlescore.discoformer import file_sha256, load_weights
     from particlescore.training.train import main
-    common = ["--steps", "2", "--batch", "2", "--n-min", "32", "--n-max", "48", "--queries", "8",
-              "--eval-mixtures", "1", "--eval-sizes", "48", "--threads", "1", "--no-progress", "--warmup", "1"]
-    main(["--dim", "2", "--width", "16", "--run-dir", str(tmp_path / "a"), "--out", str(tmp_path / "a.safetensors")]
-         + common)
-    start, _ = load_weights(tmp_path / "a.safetensors")
+    common, start = tiny_start_file(tmp_path)
     main(["--dim", "2", "--finetune-from", str(tmp_path / "a.safetensors"), "--families", "gmm:1", "t_mixture:1",
           "laplace:1", "--lr", "1e-12", "--run-dir", str(tmp_path / "b"), "--out", str(tmp_path / "b.safetensors")]
          + common)
@@ -123,11 +130,7 @@ def test_train_only_moves_the_named_parameters_and_freezes_the_rest(tmp_path):
     other tensor is bitwise the start's; a prefix that names no parameter is refused."""
     from particlescore.discoformer import load_weights
     from particlescore.training.train import main
-    common = ["--steps", "2", "--batch", "2", "--n-min", "32", "--n-max", "48", "--queries", "8",
-              "--eval-mixtures", "1", "--eval-sizes", "48", "--threads", "1", "--no-progress", "--warmup", "1"]
-    main(["--dim", "2", "--width", "16", "--run-dir", str(tmp_path / "a"), "--out", str(tmp_path / "a.safetensors")]
-         + common)
-    start, _ = load_weights(tmp_path / "a.safetensors")
+    common, start = tiny_start_file(tmp_path)
     main(["--dim", "2", "--finetune-from", str(tmp_path / "a.safetensors"), "--train-only", "ln_out", "head",
           "--lr", "1e-2", "--run-dir", str(tmp_path / "b"), "--out", str(tmp_path / "b.safetensors")] + common)
     tuned, _ = load_weights(tmp_path / "b.safetensors")
