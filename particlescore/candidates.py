@@ -422,9 +422,9 @@ def fit_mixture(x: torch.Tensor, max_components: int, iters: int, shrink: float,
     approximated by (a scale mixture, as a Student-t is an integral over Gaussian scales), which
     is where scikit-learn's converged fits won (Student-t ν = 3, d = 5, n = 1024, 16 draws: the
     any-d network's mixture candidate 8.50 → 4.32 %, scikit-learn 5.96 %; model card, "Scale
-    splits"). The chain competes in BIC with
-    the others, only where two full components have at least two points per parameter
-    (``2(d + d(d+1)/2) + 1 ≤ n/2``; not in d = 100, n = 2048, where it could not win).
+    splits"). The chain competes in BIC with the others, only where two full components have at
+    least two points per parameter (``2(d + d(d+1)/2) + 1 ≤ n/2``; not in d = 100, n = 2048,
+    where it could not win).
     ``unbiased``: the chosen fit's covariances go through :func:`_unbiased_precision`.
     ``patience``: stop growing once no batch element's BIC has improved for ``patience``
     consecutive K (None: every K up to ``max_components``, the search the weights were trained
@@ -482,7 +482,7 @@ def fit_mixture(x: torch.Tensor, max_components: int, iters: int, shrink: float,
         return Mixture(torch.cat([log_w, log_w[rows, j, None]], 1),
                        torch.cat([mean, (m.mean[rows, j] - delta)[:, None]], 1), torch.linalg.cholesky(cov))
 
-    def split_scale(m: Mixture, k: int) -> Mixture:
+    def split_scale(m: Mixture) -> Mixture:
         """k-1 -> k components: the heaviest component j becomes two concentric halves of
         weight ``w_j/2``, covariances ``Σ/2`` and ``3Σ/2`` (their mixture keeps the parent's mean
         and covariance), the start a principal-axis split cannot reach: a scale mixture."""
@@ -511,7 +511,7 @@ def fit_mixture(x: torch.Tensor, max_components: int, iters: int, shrink: float,
             break
         grown = []
         for chain, shared, criterion, by_scale in chains:
-            start = split_scale(chain, k) if by_scale else split(chain, k, shared)
+            start = split_scale(chain) if by_scale else split(chain, k, shared)
             chain, loglik = _em(x, start, iters, shrink, ridge, omega, tied=shared)
             if shared and kmeans_start:
                 other, other_ll = _em(x, _kmeans_start(x, k, omega, ridge), iters, shrink, ridge, omega, tied=True)

@@ -67,7 +67,7 @@ class DiScoFormerConfig:
     mixture_tied_clustering: bool = False      # the tied fits also compete where n < 128 points per full-component parameter (needs mixture_tied; candidates.fit_mixture)
     mixture_kmeans_start: bool = False         # the tied fits also start from k-means++ at every K, the likelier kept (needs mixture_tied; candidates.fit_mixture)
     mixture_unbiased: bool = False             # unbiased precisions N/(N − d − 2) (candidates.fit_mixture)
-    mixture_scale_split: bool = False          # the full fits also start from a concentric (scale) split at every K, the likelier kept (candidates.fit_mixture)
+    mixture_scale_split: bool = False          # a third chain of full fits, grown by concentric (scale) splits, competes in BIC (candidates.fit_mixture)
     mixture_loo_covariances: bool = False      # covariances re-estimated by leave-one-out shrinkage (candidates.loo_covariances)
     mixture_merge_test: bool = False           # over-split components merged by G-means' normality test (needs mixture_loo_covariances; candidates.merge_components)
     elliptical_candidate: bool = False         # one more candidate, the elliptical KDE of the context (particlescore.elliptical), last
