@@ -175,9 +175,11 @@ class WhitenedModel(nn.Module):
             return None
         mixture = fitter(ctx_w, frame) if fitter is not None else self.search_mixture(ctx_w, mask)
         if c.mixture_loo_covariances:
-            mixture = loo_covariances(ctx_w, mixture, frame.chol, c.mixture_ridge, mask)
+            mixture = loo_covariances(ctx_w, mixture, frame.chol, c.mixture_ridge, mask,
+                                      small_prior=c.mixture_loo_small_prior)
         if c.mixture_merge_test:
-            mixture = merge_components(ctx_w, mixture, frame.chol, c.mixture_ridge, mask, unbiased=c.mixture_unbiased)
+            mixture = merge_components(ctx_w, mixture, frame.chol, c.mixture_ridge, mask, unbiased=c.mixture_unbiased,
+                                       small_prior=c.mixture_loo_small_prior)
         return mixture
 
     def search_mixture(self, ctx_w: torch.Tensor, mask: torch.Tensor | None = None,
@@ -188,7 +190,8 @@ class WhitenedModel(nn.Module):
         c = self.net.config
         return fit_mixture(ctx_w, c.mixture_components, c.mixture_iters, c.mixture_shrink, c.mixture_ridge, mask,
                            tied=c.mixture_tied, tied_clustering=c.mixture_tied_clustering,
-                           kmeans_start=c.mixture_kmeans_start, scale_split=c.mixture_scale_split,
+                           kmeans_start=c.mixture_kmeans_start, kmeans_restarts=c.mixture_kmeans_restarts,
+                           birth=c.mixture_birth, scale_split=c.mixture_scale_split,
                            unbiased=c.mixture_unbiased, patience=patience)
 
     def candidates(self, enc: EncodedContext, qry_w: torch.Tensor) -> Candidates:

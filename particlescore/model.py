@@ -66,9 +66,12 @@ class DiScoFormerConfig:
     mixture_tied: bool = False                 # also fit mixtures with one shared covariance (BIC picks)
     mixture_tied_clustering: bool = False      # the tied fits also compete where n < 128 points per full-component parameter (needs mixture_tied; candidates.fit_mixture)
     mixture_kmeans_start: bool = False         # the tied fits also start from k-means++ at every K, the likelier kept (needs mixture_tied; candidates.fit_mixture)
+    mixture_kmeans_restarts: int = 1           # k-means++ draws per K for the tied fits, the likeliest kept (needs mixture_kmeans_start; candidates.fit_mixture)
+    mixture_birth: bool = False                # the tied fits also grow by a component born at the worst-explained point, the likelier kept (needs mixture_tied; candidates.fit_mixture)
     mixture_unbiased: bool = False             # unbiased precisions N/(N − d − 2) (candidates.fit_mixture)
     mixture_scale_split: bool = False          # a third chain of full fits, grown by concentric (scale) splits, competes in BIC (candidates.fit_mixture)
     mixture_loo_covariances: bool = False      # covariances re-estimated by leave-one-out shrinkage (candidates.loo_covariances)
+    mixture_loo_small_prior: bool = False      # components of at most 2d points shrunk toward the pooled scale instead (needs mixture_loo_covariances; candidates.loo_covariances)
     mixture_merge_test: bool = False           # over-split components merged by G-means' normality test (needs mixture_loo_covariances; candidates.merge_components)
     elliptical_candidate: bool = False         # one more candidate, the elliptical KDE of the context (particlescore.elliptical), last
     shape_features: bool = False               # the context's sphericity statistics join each query's features (needs elliptical_candidate)
@@ -82,8 +85,16 @@ class DiScoFormerConfig:
             raise ValueError("mixture_tied_clustering needs mixture_tied (it widens where the tied fits compete)")
         if self.mixture_merge_test and not self.mixture_loo_covariances:
             raise ValueError("mixture_merge_test needs mixture_loo_covariances (merged components get their covariances from it)")
+        if self.mixture_loo_small_prior and not self.mixture_loo_covariances:
+            raise ValueError("mixture_loo_small_prior needs mixture_loo_covariances (it replaces that estimate for small components)")
         if self.mixture_kmeans_start and not self.mixture_tied:
             raise ValueError("mixture_kmeans_start needs mixture_tied (it is a second start for the tied fits)")
+        if self.mixture_birth and not self.mixture_tied:
+            raise ValueError("mixture_birth needs mixture_tied (it is a second start for the tied fits)")
+        if not isinstance(self.mixture_kmeans_restarts, int) or self.mixture_kmeans_restarts < 1:
+            raise ValueError(f"mixture_kmeans_restarts must be a positive int, got {self.mixture_kmeans_restarts!r}")
+        if self.mixture_kmeans_restarts > 1 and not self.mixture_kmeans_start:
+            raise ValueError("mixture_kmeans_restarts > 1 needs mixture_kmeans_start (the restarts are its draws)")
         if self.log_n_all_points and self.dim == 0:
             raise ValueError("log_n_all_points is for the per-dimension network (the any-d one sets its kernels from n)")
 

@@ -24,6 +24,7 @@ def test_edit_keeps_the_tensors_and_records_the_edit(weights, tmp_path):
     out = tmp_path / "out.safetensors"
     assert main([str(weights), str(out), "--set", "mixture_tied=true", "--set", "mixture_tied_clustering=true",
                  "--set", "mixture_kmeans_start=true", "--set", "mixture_merge_test=true", "--set", "mixture_scale_split=true",
+                 "--set", "mixture_kmeans_restarts=3", "--set", "mixture_birth=true", "--set", "mixture_loo_small_prior=true",
                  "--note", "tied clustering"]) == 0
     before, _ = load_weights(weights)
     after, meta = load_weights(out)
@@ -31,6 +32,7 @@ def test_edit_keeps_the_tensors_and_records_the_edit(weights, tmp_path):
         assert torch.equal(tensor, after.state_dict()[key]), key
     assert after.config.mixture_tied and after.config.mixture_tied_clustering and after.config.mixture_kmeans_start
     assert after.config.mixture_merge_test and after.config.mixture_scale_split
+    assert after.config.mixture_birth and after.config.mixture_loo_small_prior and after.config.mixture_kmeans_restarts == 3
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["sha256"] == file_sha256(out) and card["command"] == "test"
     assert card["notes"] == "added later"                     # from the JSON card beside the input
@@ -38,7 +40,8 @@ def test_edit_keeps_the_tensors_and_records_the_edit(weights, tmp_path):
     edit = card["config_edits"][-1]
     assert edit["changed"] == {"mixture_tied": [False, True], "mixture_tied_clustering": [False, True],
                                "mixture_kmeans_start": [False, True], "mixture_merge_test": [False, True],
-                               "mixture_scale_split": [False, True]}
+                               "mixture_scale_split": [False, True], "mixture_kmeans_restarts": [1, 3],
+                               "mixture_birth": [False, True], "mixture_loo_small_prior": [False, True]}
     assert edit["from_sha256"] == file_sha256(weights) and edit["note"] == "tied clustering"
     assert json.loads(meta["card"])["config_edits"] == card["config_edits"]
 

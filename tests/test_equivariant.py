@@ -13,7 +13,7 @@ import particlescore as ps
 import particlescore.discoformer as dmod
 from particlescore import estimators
 from particlescore.affine import AffineFrame
-from particlescore.candidates import (LOO_INTENSITIES, Mixture, _component_log_prob, _is_tied, _loo_log_likelihoods, _unbiased_precision,
+from particlescore.candidates import (LOO_INTENSITIES, SMALL_PRIOR_POINTS, Mixture, _component_log_prob, _is_tied, _loo_log_likelihoods, _unbiased_precision,
                                       MERGE_AD_CRITICAL, anderson_darling_normal, fit_mixture, merge_components,
                                       mixture_candidate, refit_mixture, reframe_mixture, loo_covariances)
 from particlescore.discoformer import DiScoFormer, load_weights, save_weights
@@ -382,6 +382,10 @@ def test_tied_clustering_keeps_one_component_on_gaussian_ensembles(d):
                 fit = fit_mixture(ctx_w, 10, 20, 0.5, 1e-3, tied=True, tied_clustering=True, kmeans_start=start,
                                   scale_split=scale)
                 assert int(fit.n_components[0]) == 1, (seed, start, scale)
+        # and with the birth moves and three k-means++ draws (d = 10 file)
+        fit = fit_mixture(ctx_w, 10, 20, 0.5, 1e-3, tied=True, tied_clustering=True, kmeans_start=True,
+                          kmeans_restarts=3, birth=True)
+        assert int(fit.n_components[0]) == 1, seed
 
 
 def test_kmeans_start_is_a_function_of_the_set_and_rotation_invariant():
@@ -433,6 +437,108 @@ def test_kmeans_start_improves_the_clustering_of_random_mixtures():
     print(f"relative score MSE: splits only {split.mean():.4f}, with the k-means++ start {km.mean():.4f}")
     assert km.mean() < 0.95 * split.mean(), (split, km)
     assert (km <= split + 0.005).all(), (split, km)
+
+
+def test_birth_moves_and_kmeans_restarts_improve_the_clustering_of_random_mixtures():
+    """d = 10, n = 1024, held-out draws of the training family (1–10 components). Splits and
+    k-means++ seeds go where the mass is; a cluster of a few points next to a big one stays in
+    that one's tail. The birth move (a component at the worst-explained point) and the likeliest
+    of three k-means++ draws add candidate fits that must be likelier, and components of at most
+    2d points get the pooled-scale prior. Measured on these 8 draws, the mixture's relative score
+    MSE after the leave-one-out covariances, averaged: 0.0537 → 0.0489 (0.91x; the score
+    table's 64 mixtures through the d = 10 network: 5.05 → 4.90 %). No draw got
+    worse; the bounds (0.95x on the mean, 0.005 per draw) leave room for rounding."""
+    errors = {False: [], True: []}
+    for i in range(8):
+        mixture = random_gmm(1, 10, generator=torch.Generator().manual_seed(100 + i), dtype=torch.float64)
+        g = torch.Generator().manual_seed(200 + i)
+        x = mixture.sample(1024, generator=g)                                # (1, 1024, 10)
+        y = mixture.sample(300, generator=g)                                 # (1, 300, 10)
+        frame = AffineFrame.fit(x, 1e-4)
+        ctx_w = frame.whiten(x)
+        for on in (False, True):
+            fit = fit_mixture(ctx_w, 10, 20, 0.5, 1e-3, tied=True, tied_clustering=True, kmeans_start=True,
+                              birth=on, kmeans_restarts=3 if on else 1)
+            fit = loo_covariances(ctx_w, fit, frame.chol, 1e-3, small_prior=on)
+            score_w, log_w, _ = mixture_candidate(fit, frame.whiten(y))
+            errors[on].append(float(ps.relative_score_mse(frame.unwhiten(log_w, score_w)[1][0], mixture.score(y)[0])))
+    off, on = np.array(errors[False]), np.array(errors[True])
+    print(f"relative score MSE: before {off.mean():.4f}, with birth moves, restarts and the small-component prior {on.mean():.4f}")
+    assert on.mean() < 0.95 * off.mean(), (off, on)
+    assert (on <= off + 0.005).all(), (off, on)
+
+
+def test_birth_moves_are_a_function_of_the_set_and_of_each_batch_element():
+    """The birth move takes the point of lowest fitted density, and the extra k-means++ draws are
+    seeded with K and the restart over the points sorted by norm: permuting the points or
+    rotating the whitened frame gives the same density, and a padded batch gives each element its
+    own fit. Bad options are refused."""
+    d = 3
+    g = torch.Generator().manual_seed(21)
+    x = random_gmm(1, d, generator=g, dtype=torch.float64).sample(500, generator=g)   # (1, 500, d)
+    ctx_w = AffineFrame.fit(x, 1e-4).whiten(x)                               # (1, 500, d)
+    y = torch.randn(1, 50, d, generator=g, dtype=torch.float64)
+    options = dict(tied=True, tied_clustering=True, kmeans_start=True, kmeans_restarts=3, birth=True)
+    fit = fit_mixture(ctx_w, 6, 20, 0.5, 1e-3, **options)
+    log_f = torch.logsumexp(_component_log_prob(y, fit)[0], 1)               # (1, 50)
+    assert int(fit.n_components[0]) > 1
+    perm = torch.randperm(500, generator=g)
+    permuted = fit_mixture(ctx_w[:, perm], 6, 20, 0.5, 1e-3, **options)
+    torch.testing.assert_close(torch.logsumexp(_component_log_prob(y, permuted)[0], 1), log_f, rtol=1e-8, atol=1e-8)
+    Q = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0]
+    rotated = fit_mixture(ctx_w @ Q.T, 6, 20, 0.5, 1e-3, **options)
+    torch.testing.assert_close(torch.logsumexp(_component_log_prob(y @ Q.T, rotated)[0], 1), log_f, rtol=1e-8, atol=1e-8)
+    other = random_gmm(1, d, generator=g, dtype=torch.float64).sample(500, generator=g)
+    other_w = AffineFrame.fit(other[:, :350], 1e-4).whiten(other)
+    mask = torch.ones(2, 500, dtype=torch.bool)
+    mask[1, 350:] = False
+    both = fit_mixture(torch.cat([ctx_w, other_w]), 6, 20, 0.5, 1e-3, mask, **options)
+    for b, alone in ((0, fit), (1, fit_mixture(other_w[:, :350], 6, 20, 0.5, 1e-3, **options))):
+        one = Mixture(both.log_weight[b:b + 1], both.mean[b:b + 1], both.chol[b:b + 1])
+        torch.testing.assert_close(torch.logsumexp(_component_log_prob(y, one)[0], 1),
+                                   torch.logsumexp(_component_log_prob(y, alone)[0], 1), rtol=1e-8, atol=1e-8)
+    with pytest.raises(ValueError, match="birth needs tied=True"):
+        fit_mixture(ctx_w, 6, 20, 0.5, 1e-3, birth=True)
+    with pytest.raises(ValueError, match="positive int"):
+        fit_mixture(ctx_w, 6, 20, 0.5, 1e-3, tied=True, kmeans_start=True, kmeans_restarts=0)
+    with pytest.raises(ValueError, match="needs mixture_tied"):
+        DiScoFormerConfig(dim=3, mixture_components=6, mixture_birth=True)
+    with pytest.raises(ValueError, match="needs mixture_kmeans_start"):
+        DiScoFormerConfig(dim=3, mixture_components=6, mixture_tied=True, mixture_kmeans_restarts=3)
+    with pytest.raises(ValueError, match="needs mixture_loo_covariances"):
+        DiScoFormerConfig(dim=3, mixture_components=6, mixture_loo_small_prior=True)
+
+
+def test_small_components_get_the_pooled_scale_prior_in_user_coordinates():
+    """d = 6: a 60-point and a 9-point cluster, given as the tied fit of the labelled points. With
+    ``small_prior`` the small one (9 ≤ 2d points) gets ``(N S + ν c I)/(N + ν)``, ν = 20, c the
+    point-weighted mean of ``tr S_k/d`` over both clusters, in the user's coordinates (a
+    leave-one-out choice from 9 points in d = 6 picks a scale from its own scatter, which is what
+    cost the score on small clusters); the big one keeps its leave-one-out covariance."""
+    d, ridge = 6, 1e-3
+    g = torch.Generator().manual_seed(4)
+    sizes = (60, 9)
+    shift = torch.zeros(d, dtype=torch.float64)
+    shift[0] = 20.0
+    x = torch.cat([torch.randn(sizes[0], d, generator=g, dtype=torch.float64),
+                   0.5 * torch.randn(sizes[1], d, generator=g, dtype=torch.float64) + shift])[None] * 3.0 - 2.0
+    frame = AffineFrame.fit(x, 1e-4)
+    ctx_w = frame.whiten(x)
+    groups = (ctx_w[0, :sizes[0]], ctx_w[0, sizes[0]:])
+    pooled = sum((w - w.mean(0)).T @ (w - w.mean(0)) for w in groups) / sum(sizes) + ridge * torch.eye(d, dtype=torch.float64)
+    tied = Mixture(torch.log(torch.tensor([sizes], dtype=torch.float64) / sum(sizes)),
+                   torch.stack([w.mean(0) for w in groups])[None], torch.linalg.cholesky(pooled).expand(1, 2, d, d))
+    plain = loo_covariances(ctx_w, tied, frame.chol, ridge)
+    prior = loo_covariances(ctx_w, tied, frame.chol, ridge, small_prior=True)
+    user = (x[0, :sizes[0]], x[0, sizes[0]:])
+    scatter = [(u - u.mean(0)).T @ (u - u.mean(0)) / len(u) for u in user]
+    c = sum(len(u) * S.trace() / d for u, S in zip(user, scatter)) / sum(sizes)
+    expected = (sizes[1] * scatter[1] + SMALL_PRIOR_POINTS * c * torch.eye(d, dtype=torch.float64)) / (sizes[1] + SMALL_PRIOR_POINTS)
+    L = frame.chol[0]
+    cov_w = prior.chol[0, 1] @ prior.chol[0, 1].T - ridge * torch.eye(d, dtype=torch.float64)
+    torch.testing.assert_close(L @ cov_w @ L.T, expected, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(prior.chol[0, 0], plain.chol[0, 0], rtol=0, atol=0)
+    assert not torch.allclose(prior.chol[0, 1], plain.chol[0, 1])
 
 
 def test_scale_split_chain_fits_heavy_tails_the_principal_splits_miss():

@@ -20,7 +20,9 @@ from pathlib import Path
 from particlescore.discoformer import file_sha256, load_weights, save_weights
 
 #: config fields an edit may change (DiScoFormerConfig): they act after the network's inputs are fixed
-INFERENCE_FIELDS = ("mixture_tied", "mixture_tied_clustering", "mixture_kmeans_start", "mixture_scale_split", "mixture_unbiased", "mixture_loo_covariances", "mixture_merge_test",
+INFERENCE_FIELDS = ("mixture_tied", "mixture_tied_clustering", "mixture_kmeans_start", "mixture_kmeans_restarts",
+                    "mixture_birth", "mixture_scale_split", "mixture_unbiased", "mixture_loo_covariances", "mixture_loo_small_prior",
+                    "mixture_merge_test",
                     "mixture_iters", "mixture_shrink", "mixture_ridge", "query_chunk")
 
 
