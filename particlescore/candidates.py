@@ -645,7 +645,17 @@ def loo_covariances(x: torch.Tensor, mix: Mixture, frame_chol: torch.Tensor, rid
     against 0.15 (true labels); with Ledoit–Wolf's intensity (Ledoit & Wolf 2004), which minimises
     the covariance's Frobenius risk rather than weighing the precision that the score needs,
     0.161, 28.1 %, 14.5 %, 6.82 %, against 0.147, 12.4 %, 13.8 %, 6.46 % with the leave-one-out
-    choice."""
+    choice.
+
+    ``small_prior``: a component of fewer than d points (responsibilities summing to at most d;
+    its scatter is singular), including those of at most 2, gets ``(N S + ν c I)/(N + ν)`` instead, ν = :data:`SMALL_PRIOR_POINTS`, c the
+    point-weighted mean of ``tr S_k/d`` over the fit's components: the posterior mean under a prior
+    worth ν points at the pooled scale. The leave-one-out choice from so few points shrinks
+    toward the component's own, noisy scale (held-out random mixtures, d = 10, n = 256: a fit
+    that found a mixture's 2- and 3-point components had 26.0 % relative score MSE where merging
+    them gave 11.1 %). The bound ``N ≤ d`` was measured against ``N ≤ 2d``, which in d = 100
+    gave a 133-point component the prior and tripled the score error (0.126 → 0.482); in d = 10
+    it was also the better of the two (model card, "Birth moves")."""
     dtype, x = mix.mean.dtype, x.double()
     B, n, d = x.shape
     fit = Mixture(mix.log_weight.double(), mix.mean.double(), mix.chol.double())
@@ -674,7 +684,7 @@ def loo_covariances(x: torch.Tensor, mix: Mixture, frame_chol: torch.Tensor, rid
         raw = (resp[..., None] * diff).transpose(-1, -2) @ diff / n_k[..., None, None]  # (B, K, d, d)
         prior = (n_k[..., None, None] * raw + SMALL_PRIOR_POINTS * pooled_scale * eye) / (
             n_k[..., None, None] + SMALL_PRIOR_POINTS)                       # (B, K, d, d)
-        small = used & (n_k <= 2 * d)                                        # (B, K)
+        small = used & (n_k <= d)                                            # (B, K) singular scatter
         cov = torch.where(small[..., None, None], prior, cov)                # (B, K, d, d)
         renew = renew | small
     back = torch.linalg.solve_triangular(L[:, None], cov, upper=False)       # (B, K, d, d) L⁻¹C
@@ -685,7 +695,7 @@ def loo_covariances(x: torch.Tensor, mix: Mixture, frame_chol: torch.Tensor, rid
     return Mixture(mix.log_weight, mean.to(dtype), chol.to(dtype))
 
 
-#: loo_covariances(small_prior=True): prior strength (points) of the pooled scale for small components
+#: loo_covariances(small_prior=True): prior strength (points) of the pooled scale for components of fewer than d points
 SMALL_PRIOR_POINTS = 20
 
 

@@ -510,35 +510,39 @@ def test_birth_moves_are_a_function_of_the_set_and_of_each_batch_element():
 
 
 def test_small_components_get_the_pooled_scale_prior_in_user_coordinates():
-    """d = 6: a 60-point and a 9-point cluster, given as the tied fit of the labelled points. With
-    ``small_prior`` the small one (9 ≤ 2d points) gets ``(N S + ν c I)/(N + ν)``, ν = 20, c the
-    point-weighted mean of ``tr S_k/d`` over both clusters, in the user's coordinates (a
-    leave-one-out choice from 9 points in d = 6 picks a scale from its own scatter, which is what
-    cost the score on small clusters); the big one keeps its leave-one-out covariance."""
+    """d = 6: a 60-point and a 5-point cluster, given as the tied fit of the labelled points. With
+    ``small_prior`` the small one (fewer than d points: a singular scatter) gets ``(N S + ν c I)/(N + ν)``,
+    ν = 20, c the point-weighted mean of ``tr S_k/d`` over both clusters, in the user's coordinates
+    (the leave-one-out choice from so few points shrinks toward their own noisy scale); the big one
+    keeps its leave-one-out covariance, and so does a 7-point cluster (N > d)."""
     d, ridge = 6, 1e-3
-    g = torch.Generator().manual_seed(4)
-    sizes = (60, 9)
-    shift = torch.zeros(d, dtype=torch.float64)
-    shift[0] = 20.0
-    x = torch.cat([torch.randn(sizes[0], d, generator=g, dtype=torch.float64),
-                   0.5 * torch.randn(sizes[1], d, generator=g, dtype=torch.float64) + shift])[None] * 3.0 - 2.0
-    frame = AffineFrame.fit(x, 1e-4)
-    ctx_w = frame.whiten(x)
-    groups = (ctx_w[0, :sizes[0]], ctx_w[0, sizes[0]:])
-    pooled = sum((w - w.mean(0)).T @ (w - w.mean(0)) for w in groups) / sum(sizes) + ridge * torch.eye(d, dtype=torch.float64)
-    tied = Mixture(torch.log(torch.tensor([sizes], dtype=torch.float64) / sum(sizes)),
-                   torch.stack([w.mean(0) for w in groups])[None], torch.linalg.cholesky(pooled).expand(1, 2, d, d))
-    plain = loo_covariances(ctx_w, tied, frame.chol, ridge)
-    prior = loo_covariances(ctx_w, tied, frame.chol, ridge, small_prior=True)
-    user = (x[0, :sizes[0]], x[0, sizes[0]:])
-    scatter = [(u - u.mean(0)).T @ (u - u.mean(0)) / len(u) for u in user]
-    c = sum(len(u) * S.trace() / d for u, S in zip(user, scatter)) / sum(sizes)
-    expected = (sizes[1] * scatter[1] + SMALL_PRIOR_POINTS * c * torch.eye(d, dtype=torch.float64)) / (sizes[1] + SMALL_PRIOR_POINTS)
-    L = frame.chol[0]
-    cov_w = prior.chol[0, 1] @ prior.chol[0, 1].T - ridge * torch.eye(d, dtype=torch.float64)
-    torch.testing.assert_close(L @ cov_w @ L.T, expected, rtol=1e-7, atol=1e-9)
-    torch.testing.assert_close(prior.chol[0, 0], plain.chol[0, 0], rtol=0, atol=0)
-    assert not torch.allclose(prior.chol[0, 1], plain.chol[0, 1])
+    for small in (5, 7):
+        g = torch.Generator().manual_seed(4)
+        sizes = (60, small)
+        shift = torch.zeros(d, dtype=torch.float64)
+        shift[0] = 20.0
+        x = torch.cat([torch.randn(sizes[0], d, generator=g, dtype=torch.float64),
+                       0.5 * torch.randn(sizes[1], d, generator=g, dtype=torch.float64) + shift])[None] * 3.0 - 2.0
+        frame = AffineFrame.fit(x, 1e-4)
+        ctx_w = frame.whiten(x)
+        groups = (ctx_w[0, :sizes[0]], ctx_w[0, sizes[0]:])
+        pooled = sum((w - w.mean(0)).T @ (w - w.mean(0)) for w in groups) / sum(sizes) + ridge * torch.eye(d, dtype=torch.float64)
+        tied = Mixture(torch.log(torch.tensor([sizes], dtype=torch.float64) / sum(sizes)),
+                       torch.stack([w.mean(0) for w in groups])[None], torch.linalg.cholesky(pooled).expand(1, 2, d, d))
+        plain = loo_covariances(ctx_w, tied, frame.chol, ridge)
+        prior = loo_covariances(ctx_w, tied, frame.chol, ridge, small_prior=True)
+        torch.testing.assert_close(prior.chol[0, 0], plain.chol[0, 0], rtol=0, atol=0)
+        if small > d:
+            torch.testing.assert_close(prior.chol[0, 1], plain.chol[0, 1], rtol=0, atol=0)
+            continue
+        user = (x[0, :sizes[0]], x[0, sizes[0]:])
+        scatter = [(u - u.mean(0)).T @ (u - u.mean(0)) / len(u) for u in user]
+        c = sum(len(u) * S.trace() / d for u, S in zip(user, scatter)) / sum(sizes)
+        expected = (small * scatter[1] + SMALL_PRIOR_POINTS * c * torch.eye(d, dtype=torch.float64)) / (small + SMALL_PRIOR_POINTS)
+        L = frame.chol[0]
+        cov_w = prior.chol[0, 1] @ prior.chol[0, 1].T - ridge * torch.eye(d, dtype=torch.float64)
+        torch.testing.assert_close(L @ cov_w @ L.T, expected, rtol=1e-7, atol=1e-9)
+        assert not torch.allclose(prior.chol[0, 1], plain.chol[0, 1])
 
 
 def test_scale_split_chain_fits_heavy_tails_the_principal_splits_miss():
