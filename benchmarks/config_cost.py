@@ -1,14 +1,14 @@
-"""Cost of one cold call with some inference-time config fields changed, against the shipped
-config, in the same process (the companion of ``config_switch.py``, which measures accuracy).
+"""Cost of one cold call with some inference-time config fields changed, against the weights
+file's own config, in the same process (the companion of ``config_switch.py``, which measures accuracy).
 
     OMP_NUM_THREADS=1 python benchmarks/config_cost.py --set mixture_birth=true [--dims 10]
         [--sizes 256 500 1024] [--repeats 3] [--network per-dim|equivariant] [--weights-dir DIR] [--out FILE]
 
 Per cell, two contexts: the score table's first held-out mixture (``evaluation_problem``) and a
 standard Gaussian sample (the Landau benchmarks' ensembles are near-Gaussian), 512 queries each.
-Each estimator is called ``--repeats`` times, alternating shipped and edited, and the best time
+Each estimator is called ``--repeats`` times, alternating the file's config and the edited one, and the best time
 of each is kept (a cold call: a fresh search every time, no warm start). Prints milliseconds and
-the ratio edited / shipped.
+the ratio edited / the file's config.
 """
 import argparse
 import dataclasses
@@ -51,22 +51,23 @@ def main():
     label = ", ".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
     command = "OMP_NUM_THREADS=1 python benchmarks/config_cost.py " + " ".join(sys.argv[1:])
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
-    lines = [f"## Cold-call cost, {label} against the shipped config ({args.network} weights)", "",
+    source = "shipped" if args.weights_dir is None else str(args.weights_dir)
+    lines = [f"## Cold-call cost, {label} against the file's own config ({args.network} weights, {source})", "",
              f"`{command}` ({when} UTC, torch {torch.__version__}, one thread, best of {args.repeats}, alternating)", "",
-             "| d | n | context | shipped ms | edited ms | edited / shipped |", "|---|---|---|---|---|---|"]
+             "| d | n | context | file's config ms | edited ms | edited / file's |", "|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for d in args.dims:
-        shipped = discoformer_for(d, args.network, args.weights_dir)
+        original = discoformer_for(d, args.network, args.weights_dir)
         edited = discoformer_for(d, args.network, args.weights_dir)
         edited.net.config = dataclasses.replace(edited.net.config, **settings)
         for n in args.sizes:
             mixture_context, queries, _, _ = evaluation_problem(d, n, 0)
             gaussian = torch.randn(n, d, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
             for name, context in (("mixture 0", mixture_context), ("Gaussian", gaussian)):
-                shipped(context, queries)                                    # numba kernels, first-call costs
+                original(context, queries)                                   # numba kernels, first-call costs
                 times = ([], [])
                 for _ in range(args.repeats):
-                    for est, timings in zip((shipped, edited), times):
+                    for est, timings in zip((original, edited), times):
                         timings.append(timed_call(est, context, queries))
                 a, b = min(times[0]), min(times[1])
                 lines.append(f"| {d} | {n} | {name} | {1e3 * a:.0f} | {1e3 * b:.0f} | {b / a:.2f} |")

@@ -577,6 +577,8 @@ def fit_mixture(x: torch.Tensor, max_components: int, iters: int, shrink: float,
 
 #: shrinkage intensities the leave-one-out selection tries (loo_covariances)
 LOO_INTENSITIES = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+#: loo_covariances(small_prior=True): prior strength (points) of the pooled scale for components of at most d points
+SMALL_PRIOR_POINTS = 20
 
 
 def _loo_shrunk_covariance(diff: torch.Tensor, resp: torch.Tensor, cov: torch.Tensor,
@@ -647,10 +649,10 @@ def loo_covariances(x: torch.Tensor, mix: Mixture, frame_chol: torch.Tensor, rid
     0.161, 28.1 %, 14.5 %, 6.82 %, against 0.147, 12.4 %, 13.8 %, 6.46 % with the leave-one-out
     choice.
 
-    ``small_prior``: a component of fewer than d points (responsibilities summing to at most d;
-    its scatter is singular), including those of at most 2, gets ``(N S + ν c I)/(N + ν)`` instead, ν = :data:`SMALL_PRIOR_POINTS`, c the
-    point-weighted mean of ``tr S_k/d`` over the fit's components: the posterior mean under a prior
-    worth ν points at the pooled scale. The leave-one-out choice from so few points shrinks
+    ``small_prior``: a component whose responsibilities sum to at most d (its scatter is
+    singular), including those of at most 2 points, gets ``(N S + ν c I)/(N + ν)`` instead,
+    ν = :data:`SMALL_PRIOR_POINTS`, c the point-weighted mean of ``tr S_k/d`` over the fit's
+    components: the posterior mean under a prior worth ν points at the pooled scale. The leave-one-out choice from so few points shrinks
     toward the component's own, noisy scale (held-out random mixtures, d = 10, n = 256: a fit
     that found a mixture's 2- and 3-point components had 26.0 % relative score MSE where merging
     them gave 11.1 %). The bound ``N ≤ d`` was measured against ``N ≤ 2d``, which in d = 100
@@ -675,14 +677,13 @@ def loo_covariances(x: torch.Tensor, mix: Mixture, frame_chol: torch.Tensor, rid
     renew = multi[:, None] & torch.isfinite(fit.log_weight) & (n_k > 2)      # (B, K) components re-estimated
     scale = cov.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]        # (B, K, 1, 1)
     target = torch.where(renew[..., None, None], scale * eye, eye)           # (B, K, d, d) others: I
-    scatter = torch.where(renew[..., None, None], cov, eye)                 # (B, K, d, d)
-    cov = _loo_shrunk_covariance(diff, resp, scatter, target)                # (B, K, d, d)
+    scatter = cov                                                            # (B, K, d, d)
+    cov = _loo_shrunk_covariance(diff, resp, torch.where(renew[..., None, None], scatter, eye), target)  # (B, K, d, d)
     if small_prior:
         used = multi[:, None] & torch.isfinite(fit.log_weight)               # (B, K)
         w = torch.where(used, n_k, torch.zeros_like(n_k))                    # (B, K)
         pooled_scale = (w[..., None, None] * scale).sum(1, keepdim=True) / w.sum(1)[:, None, None, None]  # (B, 1, 1, 1)
-        raw = (resp[..., None] * diff).transpose(-1, -2) @ diff / n_k[..., None, None]  # (B, K, d, d)
-        prior = (n_k[..., None, None] * raw + SMALL_PRIOR_POINTS * pooled_scale * eye) / (
+        prior = (n_k[..., None, None] * scatter + SMALL_PRIOR_POINTS * pooled_scale * eye) / (
             n_k[..., None, None] + SMALL_PRIOR_POINTS)                       # (B, K, d, d)
         small = used & (n_k <= d)                                            # (B, K) singular scatter
         cov = torch.where(small[..., None, None], prior, cov)                # (B, K, d, d)
@@ -694,9 +695,6 @@ def loo_covariances(x: torch.Tensor, mix: Mixture, frame_chol: torch.Tensor, rid
     mean = torch.where(renew[..., None], mean, fit.mean)                     # (B, K, d)
     return Mixture(mix.log_weight, mean.to(dtype), chol.to(dtype))
 
-
-#: loo_covariances(small_prior=True): prior strength (points) of the pooled scale for components of fewer than d points
-SMALL_PRIOR_POINTS = 20
 
 
 #: merge_components: critical value of the Anderson–Darling statistic A*² at significance 0.01
