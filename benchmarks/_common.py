@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -60,6 +61,34 @@ def discoformer_for(dim: int, network: str = "per-dim", weights_dir: Path | None
     if weights_dir is None:
         return ps.DiScoFormer.pretrained(dim=dim, network=network, **options)
     return ps.DiScoFormer.from_file(Path(weights_dir) / f"discoformer_d{dim}.safetensors", dim=dim, **options)
+
+
+def add_config_edit_arguments(parser: argparse.ArgumentParser, dims: list[int], sizes: list[int]) -> None:
+    """The options of the config-edit benchmarks (``config_switch.py``, ``config_cost.py``)."""
+    parser.add_argument("--set", dest="settings", action="append", required=True, metavar="FIELD=VALUE")
+    parser.add_argument("--dims", type=int, nargs="*", default=dims)
+    parser.add_argument("--sizes", type=int, nargs="*", default=sizes)
+    parser.add_argument("--network", choices=("per-dim", "equivariant"), default="per-dim")
+    parser.add_argument("--weights-dir", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None)
+
+
+def parsed_settings(parser: argparse.ArgumentParser, args) -> dict:
+    """``--set FIELD=VALUE`` options as a dict (``edit_config``'s fields only); a bad one is a usage error."""
+    from particlescore.training.edit_config import parse_setting
+    try:
+        return dict(parse_setting(s) for s in args.settings)
+    except ValueError as err:
+        parser.error(str(err))
+
+
+def original_and_edited(dim: int, args, settings: dict):
+    """Two estimators on the same weights (:func:`discoformer_for` with ``args.network`` and
+    ``args.weights_dir``): the file's own config, and that config with ``settings`` applied."""
+    original = discoformer_for(dim, args.network, args.weights_dir)
+    edited = discoformer_for(dim, args.network, args.weights_dir)
+    edited.net.config = dataclasses.replace(edited.net.config, **settings)
+    return original, edited
 
 
 def make_estimator(key: str, dim: int, problem, seed: int, *, network: str = "auto", weights_dir: Path | None = None):

@@ -11,19 +11,16 @@ of each is kept (a cold call: a fresh search every time, no warm start). Prints 
 the ratio edited / the file's config.
 """
 import argparse
-import dataclasses
 import datetime
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from particlescore.training.edit_config import parse_setting
 from particlescore.training.evaluate import evaluation_problem
 
-from _common import discoformer_for
+from _common import add_config_edit_arguments, original_and_edited, parsed_settings
 
 
 def timed_call(est, context, queries) -> float:
@@ -35,18 +32,10 @@ def timed_call(est, context, queries) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--set", dest="settings", action="append", required=True, metavar="FIELD=VALUE")
-    parser.add_argument("--dims", type=int, nargs="*", default=[10])
-    parser.add_argument("--sizes", type=int, nargs="*", default=[256, 500, 1024])
+    add_config_edit_arguments(parser, dims=[10], sizes=[256, 500, 1024])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--network", choices=("per-dim", "equivariant"), default="per-dim")
-    parser.add_argument("--weights-dir", type=Path, default=None)
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    try:
-        settings = dict(parse_setting(s) for s in args.settings)
-    except ValueError as err:
-        parser.error(str(err))
+    settings = parsed_settings(parser, args)
     torch.set_num_threads(1)
     label = ", ".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
     command = "OMP_NUM_THREADS=1 python benchmarks/config_cost.py " + " ".join(sys.argv[1:])
@@ -57,9 +46,7 @@ def main():
              "| d | n | context | file's config ms | edited ms | edited / file's |", "|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for d in args.dims:
-        original = discoformer_for(d, args.network, args.weights_dir)
-        edited = discoformer_for(d, args.network, args.weights_dir)
-        edited.net.config = dataclasses.replace(edited.net.config, **settings)
+        original, edited = original_and_edited(d, args, settings)
         for n in args.sizes:
             mixture_context, queries, _, _ = evaluation_problem(d, n, 0)
             gaussian = torch.randn(n, d, generator=torch.Generator().manual_seed(n), dtype=torch.float64)

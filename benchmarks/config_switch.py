@@ -10,37 +10,26 @@ search and covariance options of ``DiScoFormerConfig``: they act after the netwo
 both, and the paired difference (edited − shipped) with its standard error over the mixtures.
 """
 import argparse
-import dataclasses
 import datetime
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from particlescore.metrics import relative_score_mse
-from particlescore.training.edit_config import parse_setting
 from particlescore.training.evaluate import evaluation_problem
 
-from _common import discoformer_for
+from _common import add_config_edit_arguments, original_and_edited, parsed_settings
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--set", dest="settings", action="append", required=True, metavar="FIELD=VALUE")
-    parser.add_argument("--dims", type=int, nargs="*", default=[2, 3, 10])
-    parser.add_argument("--sizes", type=int, nargs="*", default=[256, 1024, 4096, 16384])
+    add_config_edit_arguments(parser, dims=[2, 3, 10], sizes=[256, 1024, 4096, 16384])
     parser.add_argument("--mixtures", type=int, default=16)
-    parser.add_argument("--network", choices=("per-dim", "equivariant"), default="per-dim")
-    parser.add_argument("--weights-dir", type=Path, default=None)
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    try:
-        settings = dict(parse_setting(s) for s in args.settings)
-    except ValueError as err:
-        parser.error(str(err))
+    settings = parsed_settings(parser, args)
     torch.set_num_threads(1)
     label = ", ".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
     command = "OMP_NUM_THREADS=1 python benchmarks/config_switch.py " + " ".join(sys.argv[1:])
@@ -50,9 +39,7 @@ def main():
              "| d | n | shipped score % | edited score % | paired edited − shipped (± s.e.) |", "|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for d in args.dims:
-        shipped = discoformer_for(d, args.network, args.weights_dir)
-        edited = discoformer_for(d, args.network, args.weights_dir)
-        edited.net.config = dataclasses.replace(edited.net.config, **settings)
+        shipped, edited = original_and_edited(d, args, settings)
         for n in args.sizes:
             tic = time.perf_counter()
             errs = np.zeros((args.mixtures, 2))

@@ -412,6 +412,26 @@ def test_kmeans_start_is_a_function_of_the_set_and_rotation_invariant():
         DiScoFormerConfig(dim=3, mixture_components=6, mixture_kmeans_start=True)
 
 
+def mixture_candidate_errors(n: int, draws: int, variants: dict) -> dict:
+    """d = 10, held-out draws of the training family (seeds 100 + i, 200 + i): the mixture
+    candidate's relative score MSE after the leave-one-out covariances, per variant, each variant
+    ``(fit_mixture options, loo_covariances options)`` on top of the d = 10 file's tied search."""
+    errors = {name: [] for name in variants}
+    for i in range(draws):
+        mixture = random_gmm(1, 10, generator=torch.Generator().manual_seed(100 + i), dtype=torch.float64)
+        g = torch.Generator().manual_seed(200 + i)
+        x = mixture.sample(n, generator=g)                                   # (1, n, 10)
+        y = mixture.sample(300, generator=g)                                 # (1, 300, 10)
+        frame = AffineFrame.fit(x, 1e-4)
+        ctx_w = frame.whiten(x)
+        for name, (fit_options, loo_options) in variants.items():
+            fit = fit_mixture(ctx_w, 10, 20, 0.5, 1e-3, tied=True, tied_clustering=True, **fit_options)
+            fit = loo_covariances(ctx_w, fit, frame.chol, 1e-3, **loo_options)
+            score_w, log_w, _ = mixture_candidate(fit, frame.whiten(y))
+            errors[name].append(float(ps.relative_score_mse(frame.unwhiten(log_w, score_w)[1][0], mixture.score(y)[0])))
+    return {name: np.array(e) for name, e in errors.items()}
+
+
 def test_kmeans_start_improves_the_clustering_of_random_mixtures():
     """d = 10, n = 256, held-out draws of the training family (1–10 components): growing the tied
     chain only by principal-axis splits leaves clusters merged or cut where the k-means++ start
@@ -420,20 +440,8 @@ def test_kmeans_start_improves_the_clustering_of_random_mixtures():
     score table's 16 mixtures through the d = 10 network: 14.19 → 12.14 %). The start only adds
     a candidate fit that must be likelier, so no draw may get much worse: measured, none got worse
     at all (9 of 12 better); the bounds leave room for rounding across platforms."""
-    errors = {False: [], True: []}
-    for i in range(12):
-        mixture = random_gmm(1, 10, generator=torch.Generator().manual_seed(100 + i), dtype=torch.float64)
-        g = torch.Generator().manual_seed(200 + i)
-        x = mixture.sample(256, generator=g)                                 # (1, 256, 10)
-        y = mixture.sample(300, generator=g)                                 # (1, 300, 10)
-        frame = AffineFrame.fit(x, 1e-4)
-        ctx_w = frame.whiten(x)
-        for start in (False, True):
-            fit = fit_mixture(ctx_w, 10, 20, 0.5, 1e-3, tied=True, tied_clustering=True, kmeans_start=start)
-            fit = loo_covariances(ctx_w, fit, frame.chol, 1e-3)
-            score_w, log_w, _ = mixture_candidate(fit, frame.whiten(y))
-            errors[start].append(float(ps.relative_score_mse(frame.unwhiten(log_w, score_w)[1][0], mixture.score(y)[0])))
-    split, km = np.array(errors[False]), np.array(errors[True])
+    errors = mixture_candidate_errors(256, 12, {"split": ({}, {}), "km": (dict(kmeans_start=True), {})})
+    split, km = errors["split"], errors["km"]
     print(f"relative score MSE: splits only {split.mean():.4f}, with the k-means++ start {km.mean():.4f}")
     assert km.mean() < 0.95 * split.mean(), (split, km)
     assert (km <= split + 0.005).all(), (split, km)
@@ -444,25 +452,14 @@ def test_birth_moves_and_kmeans_restarts_improve_the_clustering_of_random_mixtur
     k-means++ seeds go where the mass is; a cluster of a few points next to a big one stays in
     that one's tail. The birth move (a component at the worst-explained point) and the likeliest
     of three k-means++ draws add candidate fits that must be likelier, and components of at most
-    2d points get the pooled-scale prior. Measured on these 8 draws, the mixture's relative score
+    d points get the pooled-scale prior. Measured on these 8 draws, the mixture's relative score
     MSE after the leave-one-out covariances, averaged: 0.0537 → 0.0489 (0.91x; the score
     table's 64 mixtures through the d = 10 network: 5.05 → 4.90 %). No draw got
     worse; the bounds (0.95x on the mean, 0.005 per draw) leave room for rounding."""
-    errors = {False: [], True: []}
-    for i in range(8):
-        mixture = random_gmm(1, 10, generator=torch.Generator().manual_seed(100 + i), dtype=torch.float64)
-        g = torch.Generator().manual_seed(200 + i)
-        x = mixture.sample(1024, generator=g)                                # (1, 1024, 10)
-        y = mixture.sample(300, generator=g)                                 # (1, 300, 10)
-        frame = AffineFrame.fit(x, 1e-4)
-        ctx_w = frame.whiten(x)
-        for on in (False, True):
-            fit = fit_mixture(ctx_w, 10, 20, 0.5, 1e-3, tied=True, tied_clustering=True, kmeans_start=True,
-                              birth=on, kmeans_restarts=3 if on else 1)
-            fit = loo_covariances(ctx_w, fit, frame.chol, 1e-3, small_prior=on)
-            score_w, log_w, _ = mixture_candidate(fit, frame.whiten(y))
-            errors[on].append(float(ps.relative_score_mse(frame.unwhiten(log_w, score_w)[1][0], mixture.score(y)[0])))
-    off, on = np.array(errors[False]), np.array(errors[True])
+    errors = mixture_candidate_errors(1024, 8, {
+        "off": (dict(kmeans_start=True), {}),
+        "on": (dict(kmeans_start=True, birth=True, kmeans_restarts=3), dict(small_prior=True))})
+    off, on = errors["off"], errors["on"]
     print(f"relative score MSE: before {off.mean():.4f}, with birth moves, restarts and the small-component prior {on.mean():.4f}")
     assert on.mean() < 0.95 * off.mean(), (off, on)
     assert (on <= off + 0.005).all(), (off, on)
@@ -565,7 +562,7 @@ def test_scale_split_chain_fits_heavy_tails_the_principal_splits_miss():
             fit = fit_mixture(ctx_w, 10, 20, 0.5, 1e-3, tied=True, tied_clustering=True, scale_split=on)
             score_w, log_w, _ = mixture_candidate(fit, frame.whiten(y))
             errors[on].append(float(ps.relative_score_mse(frame.unwhiten(log_w, score_w)[1][0], dist.score(y[0]))))
-    off, on = np.array(errors[False]), np.array(errors[True])
+    off, on = errors["off"], errors["on"]
     print(f"Student-t d = 3: principal splits {off.mean():.4f}, with the scale-split chain {on.mean():.4f}")
     assert on.mean() < 0.85 * off.mean(), (off, on)
     assert (on <= off + 0.005).all(), (off, on)
