@@ -262,6 +262,20 @@ def test_tied_fit_in_high_dimension_recovers_two_components():
     assert ps.relative_score_mse(s_tied, truth) < ps.relative_score_mse(s_full, truth)
 
 
+def labelled_tied_fit(x: torch.Tensor, sizes: tuple[int, int], ridge: float):
+    """The whitening frame of x (1,n,d), the whitened points, the two labelled groups (the first
+    ``sizes[0]`` points, then the rest) and their tied fit: group weights and means, the pooled
+    within-group covariance (plus the ridge) shared by both."""
+    d = x.shape[-1]
+    frame = AffineFrame.fit(x, 1e-4)
+    ctx_w = frame.whiten(x)
+    groups = (ctx_w[0, :sizes[0]], ctx_w[0, sizes[0]:])
+    pooled = sum((w - w.mean(0)).T @ (w - w.mean(0)) for w in groups) / sum(sizes) + ridge * torch.eye(d, dtype=torch.float64)
+    tied = Mixture(torch.log(torch.tensor([sizes], dtype=torch.float64) / sum(sizes)),
+                   torch.stack([w.mean(0) for w in groups])[None], torch.linalg.cholesky(pooled).expand(1, 2, d, d))
+    return frame, ctx_w, groups, tied
+
+
 def test_loo_covariances_shrink_each_component_by_its_leave_one_out_likelihood_in_user_coordinates():
     """d = 8, two Gaussians 30 apart (50 and 14 points, so the shrinkage matters), given as the
     tied fit of the labelled points. The closed-form leave-one-out log-likelihoods (Sherman–
@@ -279,12 +293,7 @@ def test_loo_covariances_shrink_each_component_by_its_leave_one_out_likelihood_i
     sizes = (50, 14)
     x = torch.cat([torch.randn(sizes[0], d, generator=g, dtype=torch.float64) @ factor.T,
                    torch.randn(sizes[1], d, generator=g, dtype=torch.float64) @ factor.T + shift])[None] * 2.0 + 1.0
-    frame = AffineFrame.fit(x, 1e-4)
-    ctx_w = frame.whiten(x)
-    groups = (ctx_w[0, :sizes[0]], ctx_w[0, sizes[0]:])
-    pooled = sum((w - w.mean(0)).T @ (w - w.mean(0)) for w in groups) / sum(sizes) + ridge * torch.eye(d, dtype=torch.float64)
-    tied = Mixture(torch.log(torch.tensor([sizes], dtype=torch.float64) / sum(sizes)),
-                   torch.stack([w.mean(0) for w in groups])[None], torch.linalg.cholesky(pooled).expand(1, 2, d, d))
+    frame, ctx_w, groups, tied = labelled_tied_fit(x, sizes, ridge)
     assert bool(_is_tied(tied)[0])
     untied = loo_covariances(ctx_w, tied, frame.chol, ridge)
     L = frame.chol[0]
@@ -520,12 +529,7 @@ def test_small_components_get_the_pooled_scale_prior_in_user_coordinates():
         shift[0] = 20.0
         x = torch.cat([torch.randn(sizes[0], d, generator=g, dtype=torch.float64),
                        0.5 * torch.randn(sizes[1], d, generator=g, dtype=torch.float64) + shift])[None] * 3.0 - 2.0
-        frame = AffineFrame.fit(x, 1e-4)
-        ctx_w = frame.whiten(x)
-        groups = (ctx_w[0, :sizes[0]], ctx_w[0, sizes[0]:])
-        pooled = sum((w - w.mean(0)).T @ (w - w.mean(0)) for w in groups) / sum(sizes) + ridge * torch.eye(d, dtype=torch.float64)
-        tied = Mixture(torch.log(torch.tensor([sizes], dtype=torch.float64) / sum(sizes)),
-                       torch.stack([w.mean(0) for w in groups])[None], torch.linalg.cholesky(pooled).expand(1, 2, d, d))
+        frame, ctx_w, _, tied = labelled_tied_fit(x, sizes, ridge)
         plain = loo_covariances(ctx_w, tied, frame.chol, ridge)
         prior = loo_covariances(ctx_w, tied, frame.chol, ridge, small_prior=True)
         torch.testing.assert_close(prior.chol[0, 0], plain.chol[0, 0], rtol=0, atol=0)
