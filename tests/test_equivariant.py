@@ -566,7 +566,7 @@ def test_scale_split_chain_fits_heavy_tails_the_principal_splits_miss():
             fit = fit_mixture(ctx_w, 10, 20, 0.5, 1e-3, tied=True, tied_clustering=True, scale_split=on)
             score_w, log_w, _ = mixture_candidate(fit, frame.whiten(y))
             errors[on].append(float(ps.relative_score_mse(frame.unwhiten(log_w, score_w)[1][0], dist.score(y[0]))))
-    off, on = errors["off"], errors["on"]
+    off, on = np.array(errors[False]), np.array(errors[True])
     print(f"Student-t d = 3: principal splits {off.mean():.4f}, with the scale-split chain {on.mean():.4f}")
     assert on.mean() < 0.85 * off.mean(), (off, on)
     assert (on <= off + 0.005).all(), (off, on)
