@@ -17,6 +17,7 @@ import torch
 
 import particlescore as ps
 from particlescore.sbtm import SBTM
+from particlescore.training.edit_config import parse_setting
 
 #: estimator keys accepted by ``--estimators`` and their display labels
 #: test-time adaptation steps per call for the "discoformer-tta" rows (2 calls per Heun step,
@@ -75,7 +76,6 @@ def add_config_edit_arguments(parser: argparse.ArgumentParser, dims: list[int], 
 
 def parsed_settings(parser: argparse.ArgumentParser, args) -> dict:
     """``--set FIELD=VALUE`` options as a dict (``edit_config``'s fields only); a bad one is a usage error."""
-    from particlescore.training.edit_config import parse_setting
     try:
         return dict(parse_setting(s) for s in args.settings)
     except ValueError as err:

@@ -542,16 +542,14 @@ def fit_mixture(x: torch.Tensor, max_components: int, iters: int, shrink: float,
             break
         grown = []
         for chain, shared, criterion, by_scale in chains:
-            previous = chain
-            start = split_scale(chain) if by_scale else split(chain, k, shared)
-            chain, loglik = _em(x, start, iters, shrink, ridge, omega, tied=shared)
+            starts = [split_scale(chain) if by_scale else split(chain, k, shared)]
             if shared and birth:
-                other, other_ll = _em(x, _birth_start(x, previous, omega), iters, shrink, ridge, omega, tied=True)
-                likelier = other_ll > loglik                                 # (B,)
-                chain = select_mixture(likelier, other, chain)
-                loglik = torch.where(likelier, other_ll, loglik)
-            for restart in range(kmeans_restarts if shared and kmeans_start else 0):
-                other, other_ll = _em(x, _kmeans_start(x, k, omega, ridge, restart), iters, shrink, ridge, omega, tied=True)
+                starts.append(_birth_start(x, chain, omega))
+            if shared and kmeans_start:
+                starts += [_kmeans_start(x, k, omega, ridge, restart) for restart in range(kmeans_restarts)]
+            chain, loglik = _em(x, starts[0], iters, shrink, ridge, omega, tied=shared)
+            for start in starts[1:]:   # the tied chain's other starts: the likeliest fit is kept
+                other, other_ll = _em(x, start, iters, shrink, ridge, omega, tied=shared)
                 likelier = other_ll > loglik                                 # (B,)
                 chain = select_mixture(likelier, other, chain)
                 loglik = torch.where(likelier, other_ll, loglik)
@@ -652,10 +650,10 @@ def loo_covariances(x: torch.Tensor, mix: Mixture, frame_chol: torch.Tensor, rid
     ``small_prior``: a component whose responsibilities sum to at most d (its scatter is
     singular), including those of at most 2 points, gets ``(N S + ν c I)/(N + ν)`` instead,
     ν = :data:`SMALL_PRIOR_POINTS`, c the point-weighted mean of ``tr S_k/d`` over the fit's
-    components: the posterior mean under a prior worth ν points at the pooled scale. The leave-one-out choice from so few points shrinks
-    toward the component's own, noisy scale (held-out random mixtures, d = 10, n = 256: a fit
-    that found a mixture's 2- and 3-point components had 26.0 % relative score MSE where merging
-    them gave 11.1 %). The bound ``N ≤ d`` was measured against ``N ≤ 2d``, which in d = 100
+    components: the posterior mean under a prior worth ν points at the pooled scale. The
+    leave-one-out choice from so few points shrinks toward the component's own, noisy scale
+    (held-out random mixtures, d = 10, n = 256: a fit that found a mixture's 2- and 3-point
+    components had 26.0 % relative score MSE where merging them gave 11.1 %). The bound ``N ≤ d`` was measured against ``N ≤ 2d``, which in d = 100
     gave a 133-point component the prior and tripled the score error (0.126 → 0.482); in d = 10
     it was also the better of the two (model card, "Birth moves")."""
     dtype, x = mix.mean.dtype, x.double()
@@ -694,7 +692,6 @@ def loo_covariances(x: torch.Tensor, mix: Mixture, frame_chol: torch.Tensor, rid
     chol = torch.where(renew[..., None, None], chol, fit.chol)               # (B, K, d, d)
     mean = torch.where(renew[..., None], mean, fit.mean)                     # (B, K, d)
     return Mixture(mix.log_weight, mean.to(dtype), chol.to(dtype))
-
 
 
 #: merge_components: critical value of the Anderson–Darling statistic A*² at significance 0.01

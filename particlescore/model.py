@@ -71,7 +71,7 @@ class DiScoFormerConfig:
     mixture_unbiased: bool = False             # unbiased precisions N/(N − d − 2) (candidates.fit_mixture)
     mixture_scale_split: bool = False          # a third chain of full fits, grown by concentric (scale) splits, competes in BIC (candidates.fit_mixture)
     mixture_loo_covariances: bool = False      # covariances re-estimated by leave-one-out shrinkage (candidates.loo_covariances)
-    mixture_loo_small_prior: bool = False      # components of at most 2d points shrunk toward the pooled scale instead (needs mixture_loo_covariances; candidates.loo_covariances)
+    mixture_loo_small_prior: bool = False      # components of at most d points shrunk toward the pooled scale instead (needs mixture_loo_covariances; candidates.loo_covariances)
     mixture_merge_test: bool = False           # over-split components merged by G-means' normality test (needs mixture_loo_covariances; candidates.merge_components)
     elliptical_candidate: bool = False         # one more candidate, the elliptical KDE of the context (particlescore.elliptical), last
     shape_features: bool = False               # the context's sphericity statistics join each query's features (needs elliptical_candidate)
@@ -91,7 +91,8 @@ class DiScoFormerConfig:
             raise ValueError("mixture_kmeans_start needs mixture_tied (it is a second start for the tied fits)")
         if self.mixture_birth and not self.mixture_tied:
             raise ValueError("mixture_birth needs mixture_tied (it is a second start for the tied fits)")
-        if not isinstance(self.mixture_kmeans_restarts, int) or self.mixture_kmeans_restarts < 1:
+        if (not isinstance(self.mixture_kmeans_restarts, int) or isinstance(self.mixture_kmeans_restarts, bool)
+                or self.mixture_kmeans_restarts < 1):
             raise ValueError(f"mixture_kmeans_restarts must be a positive int, got {self.mixture_kmeans_restarts!r}")
         if self.mixture_kmeans_restarts > 1 and not self.mixture_kmeans_start:
             raise ValueError("mixture_kmeans_restarts > 1 needs mixture_kmeans_start (the restarts are its draws)")
