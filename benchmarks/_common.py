@@ -18,6 +18,7 @@ import torch
 import particlescore as ps
 from particlescore.sbtm import SBTM
 from particlescore.training.edit_config import parse_setting
+from particlescore.training.evaluate import evaluation_problem
 
 #: estimator keys accepted by ``--estimators`` and their display labels
 #: test-time adaptation steps per call for the "discoformer-tta" rows (2 calls per Heun step,
@@ -89,6 +90,21 @@ def original_and_edited(dim: int, args, settings: dict):
     edited = discoformer_for(dim, args.network, args.weights_dir)
     edited.net.config = dataclasses.replace(edited.net.config, **settings)
     return original, edited
+
+
+def paired_score_row(d: int, n: int, mixtures: int, baseline, candidate) -> tuple[str, float]:
+    """One markdown row ``| d | n | baseline % | candidate % | paired candidate − baseline ± s.e. |``
+    over the score table's held-out mixtures (``evaluation_problem``; the same draws for both), and
+    the seconds it took."""
+    tic = time.perf_counter()
+    errs = np.zeros((mixtures, 2))
+    for i in range(mixtures):
+        context, queries, _, score = evaluation_problem(d, n, i)
+        for j, est in enumerate((baseline, candidate)):
+            errs[i, j] = 100 * float(ps.relative_score_mse(est(context, queries)[1], score))
+    diff = errs[:, 1] - errs[:, 0]
+    return (f"| {d} | {n} | {errs[:, 0].mean():.2f} | {errs[:, 1].mean():.2f} | "
+            f"{diff.mean():+.2f} ± {diff.std(ddof=1) / np.sqrt(len(diff)):.2f} |"), time.perf_counter() - tic
 
 
 def make_estimator(key: str, dim: int, problem, seed: int, *, network: str = "auto", weights_dir: Path | None = None):

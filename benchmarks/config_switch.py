@@ -13,15 +13,10 @@ import argparse
 import datetime
 import json
 import sys
-import time
 
-import numpy as np
 import torch
 
-from particlescore.metrics import relative_score_mse
-from particlescore.training.evaluate import evaluation_problem
-
-from _common import add_config_edit_arguments, original_and_edited, parsed_settings
+from _common import add_config_edit_arguments, original_and_edited, paired_score_row, parsed_settings
 
 
 def main():
@@ -41,16 +36,9 @@ def main():
     for d in args.dims:
         shipped, edited = original_and_edited(d, args, settings)
         for n in args.sizes:
-            tic = time.perf_counter()
-            errs = np.zeros((args.mixtures, 2))
-            for i in range(args.mixtures):
-                context, queries, _, score = evaluation_problem(d, n, i)
-                for j, est in enumerate((shipped, edited)):
-                    errs[i, j] = 100 * float(relative_score_mse(est(context, queries)[1], score))
-            diff = errs[:, 1] - errs[:, 0]
-            lines.append(f"| {d} | {n} | {errs[:, 0].mean():.2f} | {errs[:, 1].mean():.2f} | "
-                         f"{diff.mean():+.2f} ± {diff.std(ddof=1) / np.sqrt(len(diff)):.2f} |")
-            print(lines[-1], f"  ({time.perf_counter() - tic:.0f} s)", flush=True)
+            row, seconds = paired_score_row(d, n, args.mixtures, shipped, edited)
+            lines.append(row)
+            print(row, f"  ({seconds:.0f} s)", flush=True)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join(lines) + "\n")
